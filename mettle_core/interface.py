@@ -1,0 +1,144 @@
+"""The small contract shared by every adaptation method and the harness.
+
+Methods (Mettle and the baselines) depend on this module only; the harness
+(`bench`) consumes it. Nothing here imports the runner, the CLI or reporting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+from torch import nn
+
+from mettle_core.backbone import Backbone
+
+
+@dataclass
+class AVFeatures:
+    """What an encoder hands to a task head.
+
+    a: [B, T, D_a] audio embedding per segment; v: [B, T, D_v] visual embedding per
+    segment; maps: optional multi-scale visual maps, each [B*T, C_s, H_s, W_s],
+    finest first (segmentation only).
+    """
+
+    a: torch.Tensor
+    v: torch.Tensor
+    maps: list[torch.Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a method must know about the task it serves."""
+
+    name: str
+    num_segments: int
+    needs_maps: bool = False
+    kind: str = "classification"  # classification | segmentation
+
+
+@dataclass(frozen=True)
+class Towers:
+    """The frozen pretrained towers a method adapts.
+
+    `shared` is a single tower used for both modalities (LAVisH); `audio` and
+    `visual` are separate towers (every other method). A preset provides all three
+    so that each method picks what its paper uses.
+    """
+
+    audio: Backbone
+    visual: Backbone
+    shared: Backbone
+
+
+class AdaptedEncoder(nn.Module):
+    """Base of every method's encoder: (audio, visual) -> AVFeatures.
+
+    audio: [B, T, 1, F, W] log-mel; visual: [B, T, 3, H, W] frames.
+    Subclasses set `audio_dim`, `visual_dim` and, for segmentation, `map_channels`.
+    """
+
+    audio_dim: int
+    visual_dim: int
+    map_channels: tuple[int, ...] = ()
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Trainable parameter groups with their learning rates (one group by default)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "name": "adapter"}] if params else []
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the pretrained towers (as opposed to the method's own)."""
+        raise NotImplementedError
+
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> AVFeatures:  # pragma: no cover
+        raise NotImplementedError
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0])
+
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Name -> entry, filled by decorators at import time."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def add(self, name: str, entry: T) -> T:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            close = difflib.get_close_matches(name, list(self._entries), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}{hint} (valid: {', '.join(sorted(self._entries))})"
+            )
+        return self._entries[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method: its config dataclass and its builder."""
+
+    name: str
+    config_cls: type
+    build: Callable[[Towers, TaskSpec, Any], AdaptedEncoder]
+    description: str
+
+
+METHODS: Registry[MethodEntry] = Registry("method")
+
+
+def register_method(name: str, config_cls: type, description: str = "") -> Callable:
+    """Register `build(towers, task_spec, config) -> AdaptedEncoder` under `name`."""
+    if not dataclasses.is_dataclass(config_cls):
+        raise TypeError(f"config of method {name!r} must be a dataclass")
+
+    def wrap(build: Callable[[Towers, TaskSpec, Any], AdaptedEncoder]) -> Callable:
+        METHODS.add(name, MethodEntry(name, config_cls, build, description or (build.__doc__ or "").strip()))
+        return build
+
+    return wrap
