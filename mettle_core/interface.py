@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar, get_args, get_origin, get_type_hints
 
 import torch
 from torch import nn
@@ -78,6 +78,23 @@ class AdaptedEncoder(nn.Module):
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> AVFeatures:  # pragma: no cover
         raise NotImplementedError
+
+
+def validate_config(config: Any) -> None:
+    """Check every `Literal[...]` field of a config dataclass against its allowed
+    values; raise ValueError naming the field, the bad value and the choices.
+    Config dataclasses call this from `__post_init__`."""
+    hints = get_type_hints(type(config))
+    for field in dataclasses.fields(config):
+        hint = hints[field.name]
+        if get_origin(hint) is Literal:
+            value = getattr(config, field.name)
+            allowed = get_args(hint)
+            if value not in allowed:
+                raise ValueError(
+                    f"{type(config).__name__}.{field.name}={value!r} is not allowed "
+                    f"(allowed: {', '.join(map(str, allowed))})"
+                )
 
 
 class UnknownNameError(KeyError):
