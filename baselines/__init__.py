@@ -1,0 +1,1 @@
+"""Baseline adaptation methods: importing this package registers each of them."""

@@ -1,0 +1,1 @@
+"""Benchmark and ablation harness for memory-efficient audio-visual adaptation."""

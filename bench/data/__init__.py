@@ -1,0 +1,1 @@
+"""Data sources: procedural synthetic generators, real-dataset loaders, media preparation."""
