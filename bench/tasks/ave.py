@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -126,7 +127,10 @@ class AveTask(Task):
 
     def synthetic(self, cfg: AveConfig, shape: DataShape) -> dict[str, Dataset]:
         sizes = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
-        return {split: make_synthetic_ave(cfg, n, shape, cfg.data_seed * 1000 + i) for i, (split, n) in enumerate(sizes.items())}
+        return {
+            split: make_synthetic_ave(cfg, n, shape, cfg.data_seed * 1000 + i)
+            for i, (split, n) in enumerate(sizes.items())
+        }
 
     def real(self, cfg: AveConfig, root: Path, shape: DataShape) -> dict[str, Dataset]:
         from bench.data.ave import load_ave
@@ -149,4 +153,3 @@ class AveTask(Task):
 def segment_accuracy(pred: torch.Tensor, label: torch.Tensor) -> float:
     """Percentage of all N x T segments whose class is right, background included."""
     return 100.0 * (pred == label).float().mean().item()
-

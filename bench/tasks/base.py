@@ -49,7 +49,9 @@ class TensorAVDataset(Dataset):
     def batches(self, batch_size: int, order: torch.Tensor | None = None) -> list[Batch]:
         """Slice whole batches at once: no per-sample Python work in the hot loop."""
         idx = order if order is not None else torch.arange(len(self))
-        return [{k: v[idx[s : s + batch_size]] for k, v in self.tensors.items()} for s in range(0, len(idx), batch_size)]
+        return [
+            {k: v[idx[s : s + batch_size]] for k, v in self.tensors.items()} for s in range(0, len(idx), batch_size)
+        ]
 
 
 class Task(ABC):
