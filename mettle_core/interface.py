@@ -42,18 +42,41 @@ class TaskSpec:
     kind: str = "classification"  # classification | segmentation
 
 
-@dataclass(frozen=True)
 class Towers:
-    """The frozen pretrained towers a method adapts.
+    """The frozen pretrained towers a method adapts, built on first use.
 
     `shared` is a single tower used for both modalities (LAVisH); `audio` and
-    `visual` are separate towers (every other method). A preset provides all three
-    so that each method picks what its paper uses.
+    `visual` are separate towers (every other method). A preset offers all three
+    so that each method picks what its paper uses; only the ones a method reads
+    are ever built. Each argument is a Backbone or a zero-argument factory.
     """
 
-    audio: Backbone
-    visual: Backbone
-    shared: Backbone
+    def __init__(
+        self,
+        audio: Backbone | Callable[[], Backbone],
+        visual: Backbone | Callable[[], Backbone],
+        shared: Backbone | Callable[[], Backbone],
+    ) -> None:
+        self._sources = {"audio": audio, "visual": visual, "shared": shared}
+        self._built: dict[str, Backbone] = {}
+
+    def _get(self, role: str) -> Backbone:
+        if role not in self._built:
+            source = self._sources[role]
+            self._built[role] = source if isinstance(source, Backbone) else source()
+        return self._built[role]
+
+    @property
+    def audio(self) -> Backbone:
+        return self._get("audio")
+
+    @property
+    def visual(self) -> Backbone:
+        return self._get("visual")
+
+    @property
+    def shared(self) -> Backbone:
+        return self._get("shared")
 
 
 class AdaptedEncoder(nn.Module):
