@@ -1,0 +1,200 @@
+"""Typed run configuration: presets give defaults, `--set key=value` overrides.
+
+Sections are `train`, `measure`, `towers`, every method name and every task
+name. Values are parsed by the field's type; a bad section, key or value raises
+ConfigError naming it and what is allowed. The resolved config is stored in
+every record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+
+class ConfigError(ValueError):
+    """A bad configuration item; the CLI exits 2 with this message."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 1e-3  # the method's own parameters (adapters, meta-tokens, LoRA)
+    head_lr: float = 1e-3  # the task head, identical for every method
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0  # max gradient norm; 0 disables
+    amp: Literal["off", "bf16"] = "off"  # bf16 autocast, CUDA only
+
+    def __post_init__(self) -> None:
+        _positive(self, "epochs", "batch_size", "lr", "head_lr")
+        _non_negative(self, "weight_decay", "grad_clip")
+        _choices(self)
+
+
+@dataclass
+class MeasureConfig:
+    warmup: int = 2
+    repeats: int = 5
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "repeats")
+        _non_negative(self, "warmup")
+
+
+@dataclass
+class TowersConfig:
+    """Local checkpoint files; empty means the preset's shipped weights (if any),
+    `random` means random initialisation. `shared` defaults to `visual`."""
+
+    audio: str = ""
+    visual: str = ""
+    shared: str = ""
+
+
+BASE_SECTIONS: dict[str, type] = {"train": TrainConfig, "measure": MeasureConfig, "towers": TowersConfig}
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{type(cfg).__name__}.{name} must be > 0, got {getattr(cfg, name)!r}")
+
+
+def _non_negative(cfg: Any, *names: str) -> None:
+    for name in names:
+        if getattr(cfg, name) < 0:
+            raise ConfigError(f"{type(cfg).__name__}.{name} must be >= 0, got {getattr(cfg, name)!r}")
+
+
+def _choices(cfg: Any) -> None:
+    from mettle_core.interface import validate_config
+
+    try:
+        validate_config(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
+def parse_value(text: str, hint: Any, key: str) -> Any:
+    """Parse `text` as a value of type `hint` (int, float, bool, str, Literal,
+    Optional, tuple of ints)."""
+    origin = get_origin(hint)
+    if origin is Literal:
+        allowed = get_args(hint)
+        for a in allowed:
+            if str(a) == text:
+                return a
+        raise ConfigError(f"{key}={text!r} is not allowed (allowed: {', '.join(map(str, allowed))})")
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(hint) if a is not type(None)]
+        if text.lower() in ("none", "null") and len(args) < len(get_args(hint)):
+            return None
+        return parse_value(text, args[0], key)
+    if origin is tuple:
+        (item, *_rest) = get_args(hint)
+        return tuple(parse_value(t.strip(), item, key) for t in text.split(",") if t.strip())
+    if hint is bool:
+        low = text.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"{key}={text!r} is not a boolean (expected true or false)")
+    if hint in (int, float):
+        try:
+            return hint(text)
+        except ValueError:
+            raise ConfigError(f"{key}={text!r} is not {'an integer' if hint is int else 'a number'}") from None
+    if hint is str:
+        return text
+    raise ConfigError(f"{key}: fields of type {hint} cannot be set from the command line")
+
+
+@dataclass(frozen=True)
+class Override:
+    section: str
+    key: str
+    value: str
+
+    @property
+    def dotted(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+def parse_overrides(items: list[str], sections: dict[str, type]) -> list[Override]:
+    """Check `section.key=value` items against the known sections and fields
+    (values are checked too, by parsing them) before anything runs."""
+    out = []
+    for item in items:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        dotted, value = item.split("=", 1)
+        section, key = dotted.split(".", 1)
+        if section not in sections:
+            raise ConfigError(f"--set {dotted}: unknown section {section!r}{_hint(section, sections)}")
+        cls = sections[section]
+        names = [f.name for f in dataclasses.fields(cls)]
+        if key not in names:
+            allowed = ", ".join(names) if names else "none: it has no settings"
+            raise ConfigError(f"--set {dotted}: unknown key {key!r} of {section}{_hint(key, names)} (valid: {allowed})")
+        parse_value(value, get_type_hints(cls)[key], dotted)
+        out.append(Override(section, key, value))
+    return out
+
+
+def _hint(name: str, valid: Any) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f"; did you mean {close[0]!r}?" if close else f" (valid: {', '.join(sorted(valid))})"
+
+
+def build_section(cls: type, section: str, defaults: dict[str, Any], overrides: list[Override]) -> Any:
+    """Instantiate config `cls` from preset `defaults` (for fields it has) and the
+    overrides of `section`; its own validation runs in __post_init__."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in defaults.items() if k in names}
+    for o in overrides:
+        if o.section == section:
+            values[o.key] = parse_value(o.value, hints[o.key], o.dotted)
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{section}: {err}") from None
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+@dataclass
+class ResolvedRun:
+    """Everything one run needs, fully resolved; `to_dict` is what the record stores."""
+
+    method: str
+    task: str
+    preset: str
+    source: str
+    seed: int
+    device: str
+    train: TrainConfig
+    measure: MeasureConfig
+    towers: TowersConfig
+    method_cfg: Any
+    task_cfg: Any
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "train": as_dict(self.train),
+            "measure": as_dict(self.measure),
+            "towers": as_dict(self.towers),
+            "method": as_dict(self.method_cfg),
+            "task": as_dict(self.task_cfg),
+        }

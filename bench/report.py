@@ -1,0 +1,194 @@
+"""Paper-style tables (Markdown, LaTeX, CSV) and figures (PNG) from run records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from bench.registry import get_task  # noqa: E402
+from bench.results import atomic_write_text  # noqa: E402
+
+MIB = 2**20
+EFFICIENCY_COLUMNS = {
+    "encoder_trainable_params": ("params (M)", 1e-6, "min"),
+    "activation_bytes": ("act. mem (MiB)", 1 / MIB, "min"),
+    "train_mem_bytes_est": ("train mem est. (MiB)", 1 / MIB, "min"),
+    "cuda_peak_allocated_bytes": ("CUDA peak (MiB)", 1 / MIB, "min"),
+    "train_step_s": ("step (ms)", 1e3, "min"),
+    "train_samples_per_s": ("train samples/s", 1.0, "max"),
+    "infer_samples_per_s": ("infer samples/s", 1.0, "max"),
+}
+
+
+def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per finished run: identity columns, metrics and efficiency flattened."""
+    rows = []
+    for r in records:
+        if r.get("status") != "ok":
+            continue
+        row = {k: r[k] for k in ("method", "task", "preset", "source", "seed")}
+        row.update({f"metric.{k}": v for k, v in r.get("metrics", {}).items() if isinstance(v, int | float)})
+        row.update({f"eff.{k}": v for k, v in r.get("efficiency", {}).items() if isinstance(v, int | float)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize(records: list[dict[str, Any]], reference: str | None = None) -> pd.DataFrame:
+    """Mean and std over seeds per (task, preset, source, method), with the memory and
+    time of each method relative to `reference` (default: lavish if present, else full)."""
+    df = frame(records)
+    if df.empty:
+        return df
+    keys = ["task", "preset", "source", "method"]
+    grouped = df.groupby(keys, sort=False)
+    out = grouped.mean(numeric_only=True).drop(columns="seed")
+    std = grouped.std(numeric_only=True, ddof=0).drop(columns="seed")
+    out = out.join(std.add_suffix(".std")).join(grouped.size().rename("seeds"))
+    methods = set(df["method"])
+    ref = reference or next((m for m in ("lavish", "full") if m in methods), None)
+    if ref in methods:
+        for col, name in (("eff.train_mem_bytes_est", "mem_vs_ref"), ("eff.train_step_s", "time_vs_ref")):
+            if col in out:
+                base = out[col].xs(ref, level="method")
+                out[name] = out[col] / base.reindex(out.index.droplevel("method")).to_numpy()
+        out.attrs["reference"] = ref
+    return out.reset_index()
+
+
+def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
+    """The display table: metric mean +- std, efficiency in readable units, ratios."""
+    rows = []
+    for _, r in summary.iterrows():
+        task = get_task(r["task"])
+        row: dict[str, Any] = {"task": r["task"], "method": r["method"], "seeds": int(r["seeds"])}
+        for key in task.metric_keys:
+            col = f"metric.{key}"
+            if col in r and pd.notna(r[col]):
+                std = r.get(col + ".std", float("nan"))
+                row[key] = f"{r[col]:.2f} ± {0.0 if pd.isna(std) else std:.2f}"
+        for col, (label, scale, _) in EFFICIENCY_COLUMNS.items():
+            if f"eff.{col}" in r and pd.notna(r[f"eff.{col}"]):
+                row[label] = round(r[f"eff.{col}"] * scale, 3)
+        for col, label in (("mem_vs_ref", "mem / ref"), ("time_vs_ref", "time / ref")):
+            if col in r and pd.notna(r[col]):
+                row[label] = round(r[col], 3)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _bold_best(table: pd.DataFrame, summary: pd.DataFrame, wrap: tuple[str, str]) -> pd.DataFrame:
+    """Mark the best value per task in each column: highest metric, least memory/time."""
+    shown = table.astype(str)
+    for task, idx in table.groupby("task").groups.items():
+        if len(idx) < 2:
+            continue
+        for key in get_task(task).metric_keys:
+            col = f"metric.{key}"
+            if key in table and col in summary:
+                best = summary.loc[idx, col].idxmax()
+                shown.loc[best, key] = f"{wrap[0]}{shown.loc[best, key]}{wrap[1]}"
+        for col, (label, _, direction) in EFFICIENCY_COLUMNS.items():
+            if label in table and f"eff.{col}" in summary and summary.loc[idx, f"eff.{col}"].notna().any():
+                vals = summary.loc[idx, f"eff.{col}"]
+                best = vals.idxmin() if direction == "min" else vals.idxmax()
+                shown.loc[best, label] = f"{wrap[0]}{shown.loc[best, label]}{wrap[1]}"
+    return shown.replace("nan", "")
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (no extra dependency)."""
+    cells = [list(map(str, table.columns))] + [[str(v) for v in row] for row in table.itertuples(index=False)]
+    lines = ["| " + " | ".join(r) + " |" for r in cells]
+    lines.insert(1, "|" + "|".join("---" for _ in table.columns) + "|")
+    return "\n".join(lines)
+
+
+def _latex_escape(text: str) -> str:
+    return text.replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$")
+
+
+def write_tables(records: list[dict[str, Any]], out_dir: Path, name: str = "results", reference: str | None = None):
+    """Write OUT/tables/{name}.md, .tex and .csv; return the display table."""
+    summary = summarize(records, reference)
+    tables = out_dir / "tables"
+    if summary.empty:
+        return summary
+    table = paper_table(summary)
+    ref = summary.attrs.get("reference")
+    note = f"\n\nRatios are relative to `{ref}`. Mean ± std over seeds.\n" if ref else "\n"
+    atomic_write_text(tables / f"{name}.md", markdown(_bold_best(table, summary, ("**", "**"))) + note)
+    latex = _bold_best(table, summary, ("\\textbf{", "}")).map(_latex_escape)
+    latex.columns = [_latex_escape(str(c)) for c in table.columns]
+    atomic_write_text(tables / f"{name}.tex", latex.to_latex(index=False, escape=False))
+    atomic_write_text(tables / f"{name}.csv", summary.to_csv(index=False))
+    return table
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points (memory, accuracy) not dominated by one with less-or-equal memory and
+    greater-or-equal accuracy; sorted by memory."""
+    front, best = [], float("-inf")
+    for mem, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if acc > best:
+            front.append((mem, acc))
+            best = acc
+    return front
+
+
+def write_figures(records: list[dict[str, Any]], out_dir: Path, name: str = "results") -> list[Path]:
+    """Memory vs accuracy with the Pareto front (one panel per task), and memory and
+    step-time bars per method."""
+    summary = summarize(records)
+    paths: list[Path] = []
+    if summary.empty or "eff.train_mem_bytes_est" not in summary:
+        return paths
+    figures = out_dir / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    tasks = list(dict.fromkeys(summary["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        sel = summary[summary["task"] == task]
+        metric = get_task(task).selection_metric
+        xs, ys = sel["eff.train_mem_bytes_est"] / MIB, sel[f"metric.{metric}"]
+        err = sel.get(f"metric.{metric}.std")
+        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3)
+        for x, y, m in zip(xs, ys, sel["method"], strict=True):
+            ax.annotate(m, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        front = pareto_front(list(zip(xs, ys, strict=True)))
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", color="grey", label="Pareto front")
+        ax.set_xscale("log")
+        ax.set_xlabel("estimated training memory (MiB, log)")
+        ax.set_ylabel(metric)
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(_save(fig, figures / f"{name}_memory_vs_metric.png"))
+    first = summary[summary["task"] == tasks[0]]
+    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(9, 3.6))
+    ax_m.bar(first["method"], first["eff.train_mem_bytes_est"] / MIB, label="estimated total")
+    ax_m.bar(first["method"], first["eff.activation_bytes"] / MIB, label="activations")
+    ax_m.set_ylabel("MiB")
+    ax_m.set_title(f"training memory ({tasks[0]}, one batch)")
+    ax_m.legend(fontsize=7)
+    ax_t.bar(first["method"], first["eff.train_step_s"] * 1e3)
+    ax_t.set_ylabel("ms")
+    ax_t.set_title("median training step")
+    for ax in (ax_m, ax_t):
+        ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    paths.append(_save(fig, figures / f"{name}_memory_time_bars.png"))
+    return paths
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

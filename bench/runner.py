@@ -1,0 +1,186 @@
+"""Plans runs (methods x tasks x seeds), skips finished ones, runs the rest and
+appends one record each. A failure ends that run with a status, never the sweep."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bench.config import (
+    BASE_SECTIONS,
+    ConfigError,
+    MeasureConfig,
+    ResolvedRun,
+    TowersConfig,
+    TrainConfig,
+    build_section,
+    parse_overrides,
+)
+from bench.presets import Preset, get_preset
+from bench.registry import METHODS, get_method, get_task, task_names
+from bench.results import ResultsStore, environment, git_state, new_record, run_key
+from bench.tasks.base import DataShape
+from bench.train import NonFiniteLoss, resolve_device, train_run
+
+
+@dataclass
+class RunPlan:
+    methods: list[str]
+    tasks: list[str]
+    preset: str = "tiny"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "auto"
+    source: dict[str, str] = field(default_factory=dict)  # task -> data path; synthetic when absent
+    overrides: list[str] = field(default_factory=list)
+    force: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def all_sections() -> dict[str, type]:
+    sections = dict(BASE_SECTIONS)
+    sections.update({name: METHODS.get(name).config_cls for name in METHODS.names()})
+    sections.update({name: get_task(name).config_cls for name in task_names()})
+    return sections
+
+
+def resolve(plan: RunPlan) -> list[ResolvedRun]:
+    """Check every name and override before anything runs (bad usage exits 2)."""
+    preset = get_preset(plan.preset)
+    for m in plan.methods:
+        get_method(m)
+    for t in plan.tasks:
+        get_task(t)
+    overrides = parse_overrides(plan.overrides, all_sections())
+    runs = []
+    for task_name in plan.tasks:
+        task = get_task(task_name)
+        task_cfg = build_section(task.config_cls, task_name, preset.data, overrides)
+        for method in plan.methods:
+            method_cfg = build_section(get_method(method).config_cls, method, {}, overrides)
+            for seed in plan.seeds:
+                runs.append(
+                    ResolvedRun(
+                        method=method,
+                        task=task_name,
+                        preset=preset.name,
+                        source=plan.source.get(task_name, "synthetic"),
+                        seed=seed,
+                        device=plan.device,
+                        train=build_section(TrainConfig, "train", preset.train, overrides),
+                        measure=build_section(MeasureConfig, "measure", {}, overrides),
+                        towers=build_section(TowersConfig, "towers", {}, overrides),
+                        method_cfg=method_cfg,
+                        task_cfg=task_cfg,
+                        tags=dict(plan.tags),
+                    )
+                )
+    return runs
+
+
+class DataCache:
+    """Datasets are built once per (task, source, config) and shared by every method,
+    so all methods see exactly the same samples."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, Any] = {}
+
+    def get(self, run: ResolvedRun, shape: DataShape) -> Any:
+        key = repr((run.task, run.source, run.task_cfg, shape))
+        if key not in self._cache:
+            self._cache[key] = get_task(run.task).datasets(run.task_cfg, shape, run.source)
+        return self._cache[key]
+
+
+def execute(
+    plan: RunPlan,
+    out_dir: Path,
+    console: Console | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the plan; return the records of this invocation (skipped ones included, read back)."""
+    console = console or Console(stderr=True)
+    runs = resolve(plan)
+    store = ResultsStore(out_dir)
+    report = store.load()
+    for line, why in report.bad_lines:
+        console.print(f"[yellow]warning:[/] {store.path} line {line}: {why}; ignored")
+    finished = {r["key"]: r for r in report.records if r.get("status") == "ok" and "key" in r}
+    preset = get_preset(plan.preset)
+    cache = DataCache()
+    records = []
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        overall = progress.add_task("runs", total=len(runs))
+        for run in runs:
+            key = run_key(run.method, run.task, run.preset, run.source, run.seed, run.to_dict())
+            label = f"{run.method} / {run.task} / seed {run.seed}"
+            if key in finished and not plan.force:
+                console.print(f"skip {label}: already finished in {store.path} (use --force to rerun)")
+                records.append(finished[key])
+                progress.advance(overall)
+                continue
+            steps = progress.add_task(label, total=None)
+            record = run_one(run, preset, cache, key, lambda d, t, s=steps: progress.update(s, completed=d, total=t))
+            progress.remove_task(steps)
+            store.append(record)
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+            status = record["status"]
+            metric = get_task(run.task).selection_metric
+            shown = f"{metric}={record['metrics'].get(metric, float('nan')):.2f}" if status == "ok" else record["error"]
+            console.print(f"{'done' if status == 'ok' else status} {label}: {shown} ({record['wall_s']:.1f}s)")
+            progress.advance(overall)
+    return records
+
+
+def run_one(run: ResolvedRun, preset: Preset, cache: DataCache, key: str, on_step) -> dict[str, Any]:
+    device = resolve_device(run.device)
+    start = time.perf_counter()
+    status, error, metrics, efficiency, extra = "ok", None, {}, {}, {}
+    try:
+        datasets = cache.get(run, preset.shape)
+        outcome = train_run(run, preset, datasets, on_step)
+        metrics, efficiency = outcome.metrics, outcome.efficiency
+        extra = {"best_epoch": outcome.best_epoch, "val_history": outcome.val_history}
+    except ConfigError:
+        raise
+    except NonFiniteLoss as err:
+        status, error = "nan", str(err)
+    except torch.OutOfMemoryError as err:
+        status, error = "oom", str(err).splitlines()[0]
+    except Exception as err:  # a failed run is recorded; the sweep goes on
+        status, error = "error", f"{type(err).__name__}: {err}"
+        extra = {"traceback": traceback.format_exc(limit=8)}
+    return new_record(
+        key=key,
+        git=git_state(),
+        method=run.method,
+        task=run.task,
+        preset=run.preset,
+        source=run.source,
+        seed=run.seed,
+        status=status,
+        error=error,
+        config=run.to_dict(),
+        metrics=metrics,
+        efficiency=efficiency,
+        env=environment(device),
+        tags=run.tags,
+        wall_s=time.perf_counter() - start,
+        **extra,
+    )

@@ -1,0 +1,46 @@
+"""Tower construction with timm; real weights come from local files only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+
+from bench.presets import Preset, TowerSpec
+from mettle_core.backbone import Backbone
+from mettle_core.interface import Towers
+
+
+def build_backbone(spec: TowerSpec, checkpoint: Path | None = None) -> Backbone:
+    """A frozen, eval-mode tower. `checkpoint` is a local file (.safetensors, .pth,
+    .bin) read through timm's pretrained_cfg_overlay, so timm's key filters run
+    (position-embedding resizing, channel adaptation); nothing is downloaded."""
+    kwargs = dict(spec.kwargs, num_classes=0, in_chans=spec.in_chans, img_size=spec.img_size)
+    if checkpoint is not None:
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"tower checkpoint {checkpoint} does not exist")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=0))
+    model = timm.create_model(spec.model, **kwargs)
+    model.requires_grad_(False)
+    model.eval()
+    return Backbone(model)
+
+
+def build_towers(preset: Preset, checkpoints: dict[str, Path | None], seed: int) -> Towers:
+    """Lazy audio / visual / shared towers for `preset`. Each tower's random init is
+    seeded by its role, so a method's towers do not depend on which others it built."""
+
+    def factory(role: str, spec: TowerSpec):
+        def build() -> Backbone:
+            with torch.random.fork_rng():
+                torch.manual_seed(seed * 100 + ("audio", "visual", "shared").index(role))
+                return build_backbone(spec, checkpoints.get(role))
+
+        return build
+
+    return Towers(
+        audio=factory("audio", preset.audio),
+        visual=factory("visual", preset.visual),
+        shared=factory("shared", preset.shared),
+    )
