@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib
+
 import baselines  # noqa: F401  (registers frozen, full, lora, lavish)
 import mettle_core  # noqa: F401  (registers mettle)
+from bench.tasks import TASK_MODULES
 from bench.tasks.base import Task
 from mettle_core.interface import METHODS, MethodEntry, Registry, UnknownNameError
 
@@ -30,7 +33,8 @@ def task_names() -> list[str]:
 
 
 def _load_tasks() -> None:
-    import bench.tasks  # noqa: F401  (its __init__ imports every task module)
+    for module in TASK_MODULES:
+        importlib.import_module(f"bench.tasks.{module}")
 
 
 __all__ = ["METHODS", "TASKS", "UnknownNameError", "get_method", "get_task", "register_task", "task_names"]

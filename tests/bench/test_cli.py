@@ -1,0 +1,117 @@
+"""End-to-end checks of `python -m bench` on the smoke preset (seconds each)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main
+from bench.results import ResultsStore
+
+REPO = Path(__file__).resolve().parents[2]
+RUN = ["run", "--methods", "frozen,full", "--tasks", "ave", "--preset", "smoke", "--device", "cpu"]
+EFFICIENCY_KEYS = {
+    "trainable_params", "encoder_trainable_params", "total_params", "flops_per_step", "train_step_s",
+    "train_samples_per_s", "infer_samples_per_s", "activation_bytes", "train_mem_bytes_est",
+}
+
+
+@pytest.fixture(scope="module")
+def smoke_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    assert main([*RUN, "--out", str(out)]) == 0
+    return out
+
+
+def _records(out: Path) -> list[dict]:
+    return ResultsStore(out).load().records
+
+
+def test_run_writes_records_tables_and_figures(smoke_out):
+    records = _records(smoke_out)
+    assert [(r["method"], r["status"]) for r in records] == [("frozen", "ok"), ("full", "ok")]
+    for r in records:
+        assert "accuracy" in r["metrics"]
+        assert EFFICIENCY_KEYS <= set(r["efficiency"])
+        assert r["config"]["train"]["epochs"] == 1 and r["env"]["torch"] and "sha" in r["git"]
+    for ext in ("md", "tex", "csv"):
+        assert (smoke_out / "tables" / f"results.{ext}").is_file()
+    assert list((smoke_out / "figures").glob("*.png"))
+
+
+def test_full_saves_several_times_the_activations_of_frozen(smoke_out):
+    eff = {r["method"]: r["efficiency"] for r in _records(smoke_out)}
+    assert eff["full"]["activation_bytes"] > 4 * eff["frozen"]["activation_bytes"]
+    assert eff["frozen"]["encoder_trainable_params"] == 0
+    head = eff["frozen"]["trainable_params"]  # frozen trains the head alone
+    assert eff["full"]["trainable_params"] - eff["full"]["encoder_trainable_params"] == head
+    assert eff["full"]["encoder_trainable_params"] + head == eff["full"]["total_params"]
+
+
+def test_rerun_skips_finished_runs_and_force_reruns(smoke_out, capsys):
+    assert main([*RUN, "--out", str(smoke_out)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("skip ") == 2 and "already finished" in err
+    assert len(_records(smoke_out)) == 2
+    assert main([*RUN, "--out", str(smoke_out), "--force"]) == 0
+    records = _records(smoke_out)
+    assert len(records) == 4
+    # same seed, same config: identical metrics on CPU
+    by_method = {}
+    for r in records:
+        by_method.setdefault(r["method"], []).append(r["metrics"])
+    assert all(a == b for a, b in by_method.values())
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--methods", "nope"], ["unknown method 'nope'", "frozen", "full"]),
+        (["--methods", "fulll"], ["did you mean 'full'"]),
+        (["--tasks", "nope"], ["unknown task 'nope'", "ave"]),
+        (["--set", "no.such.key=1"], ["unknown section 'no'", "train"]),
+        (["--set", "train.lr=abc"], ["train.lr='abc' is not a number"]),
+        (["--set", "train.nope=1"], ["unknown key 'nope'", "epochs"]),
+        (["--preset", "huge"], ["unknown preset 'huge'", "smoke"]),
+    ],
+)
+def test_bad_usage_exits_2_naming_the_item(args, expected, tmp_path, capsys):
+    base = ["run", "--methods", "frozen", "--tasks", "ave", "--preset", "smoke", "--out", str(tmp_path)]
+    assert main(base + args) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    for text in expected:
+        assert text in err
+    assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_sigkill_mid_run_keeps_finished_records_and_rerun_completes(tmp_path):
+    cmd = [sys.executable, "-m", "bench", *RUN, "--seeds", "0,1", "--out", str(tmp_path)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    path = tmp_path / "runs.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if path.exists() and path.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    assert 1 <= len(done) < 4 and all(r["status"] == "ok" for r in done)
+    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    records = _records(tmp_path)
+    assert sorted((r["method"], r["seed"]) for r in records) == [("frozen", 0), ("frozen", 1), ("full", 0), ("full", 1)]
+    assert rerun.stderr.count("skip ") == len(done)
+
+
+def test_list_prints_methods_tasks_presets(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("frozen", "full", "ave", "smoke", "tiny", "paper"):
+        assert name in out

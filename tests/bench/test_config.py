@@ -1,0 +1,55 @@
+from typing import Literal
+
+import pytest
+
+from bench.config import ConfigError, TrainConfig, build_section, parse_overrides, parse_value
+
+SECTIONS = {"train": TrainConfig}
+
+
+@pytest.mark.parametrize(
+    ("text", "hint", "expected"),
+    [
+        ("3", int, 3),
+        ("1e-3", float, 1e-3),
+        ("true", bool, True),
+        ("off", bool, False),
+        ("b", Literal["a", "b"], "b"),
+        ("none", int | None, None),
+        ("4", int | None, 4),
+        ("1,2,3", tuple[int, ...], (1, 2, 3)),
+    ],
+)
+def test_parse_value(text, hint, expected):
+    assert parse_value(text, hint, "k") == expected
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("train.lr=abc", "train.lr='abc' is not a number"),
+        ("train.epochs=1.5", "train.epochs='1.5' is not an integer"),
+        ("train.nope=1", "unknown key 'nope' of train"),
+        ("no.such.key=1", "unknown section 'no'"),
+        ("train.amp=fp8", "allowed: off, bf16"),
+        ("trainlr", "expected section.key=value"),
+    ],
+)
+def test_bad_overrides_name_the_item(item, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+        parse_overrides([item], SECTIONS)
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError) as err:
+        parse_overrides(["train.lrr=1"], SECTIONS)
+    assert "did you mean 'lr'" in str(err.value)
+    assert "epochs" in str(err.value)
+
+
+def test_build_section_applies_defaults_then_overrides_and_validates():
+    overrides = parse_overrides(["train.lr=0.5"], SECTIONS)
+    cfg = build_section(TrainConfig, "train", {"epochs": 3, "not_a_field": 1}, overrides)
+    assert (cfg.epochs, cfg.lr) == (3, 0.5)
+    with pytest.raises(ConfigError, match="epochs must be > 0"):
+        build_section(TrainConfig, "train", {}, parse_overrides(["train.epochs=0"], SECTIONS))

@@ -1,0 +1,50 @@
+import pytest
+
+from bench.report import markdown, paper_table, pareto_front, summarize, write_tables
+
+
+def _record(method: str, seed: int, acc: float, mem: float, step: float) -> dict:
+    return {
+        "method": method, "task": "ave", "preset": "smoke", "source": "synthetic", "seed": seed, "status": "ok",
+        "metrics": {"accuracy": acc},
+        "efficiency": {"train_mem_bytes_est": mem, "train_step_s": step, "activation_bytes": mem / 2},
+    }
+
+
+RECORDS = [
+    _record("lavish", 0, 60.0, 400.0, 0.4),
+    _record("lavish", 1, 62.0, 400.0, 0.6),
+    _record("mettle", 0, 70.0, 100.0, 0.1),
+    _record("mettle", 1, 74.0, 100.0, 0.1),
+    {"method": "full", "task": "ave", "preset": "smoke", "source": "synthetic", "seed": 0, "status": "oom"},
+]
+
+
+def test_pareto_front_keeps_non_dominated_points():
+    points = [(1.0, 50.0), (2.0, 40.0), (3.0, 70.0), (3.0, 60.0), (5.0, 70.0)]
+    assert pareto_front(points) == [(1.0, 50.0), (3.0, 70.0)]
+
+
+def test_summarize_means_stds_and_ratios_against_lavish():
+    s = summarize(RECORDS).set_index("method")
+    assert s.loc["mettle", "metric.accuracy"] == pytest.approx(72.0)
+    assert s.loc["mettle", "metric.accuracy.std"] == pytest.approx(2.0)
+    assert s.loc["mettle", "mem_vs_ref"] == pytest.approx(0.25)
+    assert s.loc["mettle", "time_vs_ref"] == pytest.approx(0.2)
+    assert "full" not in s.index  # failed runs are kept out of the table
+
+
+def test_tables_mark_the_best_and_write_three_formats(tmp_path):
+    table = write_tables(RECORDS, tmp_path)
+    assert list(table["method"]) == ["lavish", "mettle"]
+    md = (tmp_path / "tables" / "results.md").read_text()
+    assert "**72.00 ± 2.00**" in md and "Ratios are relative to `lavish`" in md
+    assert "\\textbf{72.00 $\\pm$ 2.00}" in (tmp_path / "tables" / "results.tex").read_text()
+    assert "metric.accuracy" in (tmp_path / "tables" / "results.csv").read_text()
+
+
+def test_markdown_renders_header_rule_and_rows():
+    table = paper_table(summarize(RECORDS))
+    lines = markdown(table).splitlines()
+    assert lines[0].startswith("| task | method |") and lines[1].startswith("|---|")
+    assert len(lines) == 4
