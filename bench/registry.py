@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import baselines  # noqa: F401  (registers frozen, full, lora, lavish)
 import mettle_core  # noqa: F401  (registers mettle)
-from bench.tasks.base import Task
 from mettle_core.interface import METHODS, MethodEntry, Registry, UnknownNameError
+
+if TYPE_CHECKING:  # a runtime import would cycle: bench.tasks imports this module
+    from bench.tasks.base import Task
 
 TASKS: Registry[Task] = Registry("task")
 
