@@ -1,3 +1,3 @@
 """Tasks: importing this package registers each of them."""
 
-from bench.tasks import ave  # noqa: F401
+from bench.tasks import ave, avs, avvp  # noqa: F401
