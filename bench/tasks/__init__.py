@@ -1,3 +1,3 @@
 """Tasks. `bench.registry` imports each module listed here, which registers it."""
 
-TASK_MODULES = ("ave",)
+TASK_MODULES = ("ave", "avvp", "avs")

@@ -135,7 +135,7 @@ class AveTask(Task):
     def real(self, cfg: AveConfig, root: Path, shape: DataShape) -> dict[str, Dataset]:
         from bench.data.ave import load_ave
 
-        return load_ave(root)
+        return load_ave(root, shape)
 
     def head(self, cfg: AveConfig, encoder: AdaptedEncoder) -> nn.Module:
         return AveHead(encoder.audio_dim, encoder.visual_dim, cfg.head_hidden)

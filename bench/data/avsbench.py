@@ -1,0 +1,148 @@
+"""AVSBench (S4 and MS3) read from the release layout.
+
+    root/Single-source/s4_meta_data.csv            comma-separated, header; column 0 video,
+                                                   column 2 category, a `split` column
+    root/Single-source/s4_data/visual_frames/{split}/{category}/{video}/{video}_{i}.png   i = 1..5
+    root/Single-source/s4_data/audio_log_mel/{split}/{category}/{video}.pkl
+    root/Single-source/s4_data/gt_masks/{split}/{category}/{video}/{video}_{i}.png  (train: i = 1 only)
+    root/Multi-sources/ms3_meta_data.csv           column 0 video, a `split` column
+    root/Multi-sources/ms3_data/visual_frames/{video}/{video}.mp4_{i}.png
+    root/Multi-sources/ms3_data/audio_log_mel/{split}/{video}.pkl
+    root/Multi-sources/ms3_data/gt_masks/{split}/{video}/{video}_{i}.png
+The .pkl files hold a pickled tensor [5, 1, frames, mel_bins] (VGGish: [5, 1, 96, 64];
+pickle runs code on load: use trusted copies only). Masks are PNGs, > 0 = object,
+of the same size as their frame. Items: audio [5, 1, F, W], visual [5, 3, S, S],
+mask [5, S, S] bool and frame_weight [5] (S4 train: first frame only).
+"""
+
+from __future__ import annotations
+
+import csv
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import Dataset
+
+from bench.data.errors import DataError
+from bench.data.media import audio_tensor, visual_tensor
+from bench.tasks.base import SPLITS, Batch, DataShape
+
+FRAMES = 5
+VARIANTS = {
+    "s4": ("Single-source", "s4_meta_data.csv", "s4_data"),
+    "ms3": ("Multi-sources", "ms3_meta_data.csv", "ms3_data"),
+}
+
+
+@dataclass(frozen=True)
+class AvsVideo:
+    frames: list[Path]
+    audio: Path
+    masks: list[Path]  # as many as supervised frames, from the first
+
+
+def read_meta(path: Path, variant: str) -> dict[str, list[tuple[str, str]]]:
+    """(video, category) per split from a meta CSV (category '' for MS3)."""
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    need = 3 if variant == "s4" else 1
+    if not rows or "split" not in rows[0] or len(rows[0]) < need:
+        raise DataError(path, f"expected a comma-separated header with a 'split' column and >= {need} columns", 1)
+    col = rows[0].index("split")
+    out: dict[str, list[tuple[str, str]]] = {s: [] for s in SPLITS}
+    for line, row in enumerate(rows[1:], 2):
+        if not row:
+            continue
+        if len(row) != len(rows[0]):
+            raise DataError(path, f"expected {len(rows[0])} comma-separated fields, got {len(row)}", line)
+        if row[col] not in out:
+            raise DataError(path, f"split must be one of {', '.join(SPLITS)}, got {row[col]!r}", line)
+        out[row[col]].append((row[0], row[2] if variant == "s4" else ""))
+    return out
+
+
+def video_paths(base: Path, variant: str, split: str, video: str, category: str) -> AvsVideo:
+    n_masks = 1 if variant == "s4" and split == "train" else FRAMES
+    if variant == "s4":
+        frames_dir = base / "visual_frames" / split / category / video
+        frames = [frames_dir / f"{video}_{i}.png" for i in range(1, FRAMES + 1)]
+        audio = base / "audio_log_mel" / split / category / f"{video}.pkl"
+        masks_dir = base / "gt_masks" / split / category / video
+    else:
+        frames = [base / "visual_frames" / video / f"{video}.mp4_{i}.png" for i in range(1, FRAMES + 1)]
+        audio = base / "audio_log_mel" / split / f"{video}.pkl"
+        masks_dir = base / "gt_masks" / split / video
+    return AvsVideo(frames, audio, [masks_dir / f"{video}_{i}.png" for i in range(1, n_masks + 1)])
+
+
+def load_logmel(path: Path) -> torch.Tensor:
+    """[5, 1, frames, bins] pickled log-mel -> [5, bins, frames]."""
+    try:
+        with path.open("rb") as f:
+            obj = pickle.load(f)
+        x = obj.detach() if torch.is_tensor(obj) else torch.as_tensor(np.asarray(obj))
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
+        raise DataError(path, f"unreadable pickled log-mel ({e})") from e
+    if x.ndim != 4 or x.shape[0] != FRAMES or x.shape[1] != 1:
+        raise DataError(path, f"expected a log-mel of shape [5, 1, frames, mel_bins], got {list(x.shape)}")
+    return x[:, 0].transpose(1, 2).float()
+
+
+def load_png(path: Path, mode: str) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert(mode))
+    except OSError as e:
+        raise DataError(path, f"unreadable image ({e})") from e
+
+
+class AvsBenchDataset(Dataset):
+    def __init__(self, videos: list[AvsVideo], shape: DataShape) -> None:
+        self.videos, self.shape = videos, shape
+        for v in videos:  # fail early, naming the first missing file
+            for p in (*v.frames, v.audio, *v.masks):
+                if not p.is_file():
+                    raise DataError(p, "file not found")
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> Batch:
+        v, s = self.videos[i], self.shape.image_size
+        frames = np.stack([load_png(p, "RGB") for p in v.frames])
+        mask = torch.zeros(FRAMES, s, s, dtype=torch.bool)
+        for j, p in enumerate(v.masks):
+            m = load_png(p, "L")
+            if m.shape != frames.shape[1:3]:
+                raise DataError(p, f"mask is {m.shape[1]}x{m.shape[0]} but its frame is "
+                                f"{frames.shape[2]}x{frames.shape[1]} (width x height)")  # fmt: skip
+            m = torch.from_numpy(m > 0).float()[None, None]
+            mask[j] = F.interpolate(m, size=(s, s), mode="nearest")[0, 0] > 0.5
+        weight = torch.zeros(FRAMES)
+        weight[: len(v.masks)] = 1.0
+        return {
+            "audio": audio_tensor(load_logmel(v.audio), self.shape),
+            "visual": visual_tensor(frames, s),
+            "mask": mask,
+            "frame_weight": weight,
+        }
+
+
+def load_avsbench(root: Path, variant: str, shape: DataShape) -> dict[str, Dataset]:
+    """The train/val/test splits of S4 (`variant="s4"`) or MS3 (`"ms3"`) under the AVSBench root."""
+    folder, meta, data = VARIANTS[variant]
+    splits = read_meta(root / folder / meta, variant)
+    base = root / folder / data
+    return {
+        split: AvsBenchDataset([video_paths(base, variant, split, v, c) for v, c in rows], shape)
+        for split, rows in splits.items()
+    }

@@ -1,0 +1,101 @@
+"""Prepared media shared by the AVE and LLP loaders, and tensor conversion.
+
+Prepared layout (written by bench.data.prepare):
+    root/frames/{video}.npy   uint8   [T, H, W, 3]  one RGB frame at each segment's centre
+    root/logmel/{video}.npy   float32 [T, F, W]     log-mel per segment (F mel bins, W 10 ms frames)
+Frames are resized to the preset's image size and normalised with the ImageNet
+statistics the pretrained towers expect; log-mels are resized to (mel_bins,
+mel_frames) when they differ and standardised with fixed constants.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from bench.data.errors import DataError
+from bench.tasks.base import Batch, DataShape
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+LOGMEL_MEAN, LOGMEL_STD = -4.5, 4.5  # rough log-mel statistics of natural audio (log of power + 1e-6)
+
+
+def visual_tensor(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> normalised float32 [T, 3, size, size]."""
+    x = torch.as_tensor(frames).permute(0, 3, 1, 2).float() / 255.0
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return (x - IMAGENET_MEAN) / IMAGENET_STD
+
+
+def audio_tensor(logmel: np.ndarray | torch.Tensor, shape: DataShape) -> torch.Tensor:
+    """float [T, F, W] log-mel -> standardised float32 [T, 1, mel_bins, mel_frames]."""
+    x = torch.as_tensor(logmel).float().unsqueeze(1)
+    if x.shape[-2:] != (shape.mel_bins, shape.mel_frames):
+        x = F.interpolate(x, size=(shape.mel_bins, shape.mel_frames), mode="bilinear", align_corners=False)
+    return (x - LOGMEL_MEAN) / LOGMEL_STD
+
+
+def load_array(path: Path, shape: tuple[int | None, ...], dtype: type) -> np.ndarray:
+    """Load a .npy whose shape matches `shape` (None: any size), else DataError."""
+    if not path.is_file():
+        raise DataError(path, "missing prepared media file (run `bench data prepare`)")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise DataError(path, f"unreadable .npy ({e})") from e
+    if x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape, strict=True)):
+        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
+        raise DataError(path, f"expected an array of shape {want}, got {list(x.shape)}")
+    return x.astype(dtype, copy=False)
+
+
+class PreparedAVDataset(Dataset):
+    """Videos read lazily from the prepared layout; targets held as tensors [N, ...].
+    Items have the keys of the synthetic TensorAVDataset items."""
+
+    def __init__(
+        self, root: Path, videos: list[str], targets: dict[str, torch.Tensor], shape: DataShape, segments: int
+    ) -> None:
+        self.root, self.videos, self.targets, self.shape, self.segments = root, videos, targets, shape, segments
+        for v in videos:  # fail early, naming the first missing file
+            for sub in ("frames", "logmel"):
+                if not (root / sub / f"{v}.npy").is_file():
+                    raise DataError(root / sub / f"{v}.npy", "missing prepared media file (run `bench data prepare`)")
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __getitem__(self, i: int) -> Batch:
+        v, t = self.videos[i], self.segments
+        frames = load_array(self.root / "frames" / f"{v}.npy", (t, None, None, 3), np.uint8)
+        logmel = load_array(self.root / "logmel" / f"{v}.npy", (t, None, None), np.float32)
+        return {
+            "audio": audio_tensor(logmel, self.shape),
+            "visual": visual_tensor(frames, self.shape.image_size),
+            **{k: x[i] for k, x in self.targets.items()},
+        }
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank lines of a text file with their 1-based numbers, or DataError if missing."""
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    text = path.read_text(encoding="utf-8-sig")
+    return [(i, line.rstrip("\r\n")) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
+def parse_time(value: str, path: Path, line: int, field: str, segments: int) -> float:
+    """A time in seconds within [0, segments], or DataError naming the field."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise DataError(path, f"{field} must be a number of seconds, got {value!r}", line) from None
+    if not 0 <= x <= segments:
+        raise DataError(path, f"{field} must be in [0, {segments}], got {value!r}", line)
+    return x

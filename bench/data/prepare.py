@@ -1,0 +1,235 @@
+"""Media preparation: decode raw videos once into the small arrays the loaders read.
+
+`prepare("ave" | "llp", src, dst)` decodes every video under `src` (*.mp4, *.mkv,
+*.webm, *.avi) with PyAV into the layout of bench.data.media:
+    dst/frames/{video}.npy   uint8   [10, size, size, 3]  the frame nearest each 1 s segment's centre
+    dst/logmel/{video}.npy   float32 [10, mel_bins, 100]  16 kHz mono log-mel, 25 ms window, 10 ms hop
+and copies the annotation files found under `src` (Annotations.txt and the split
+lists for AVE, the AVVP_*.csv files for LLP) to `dst`.
+`prepare("avsbench", src, dst)` mirrors the AVSBench release (already frame-extracted):
+it copies the meta CSVs, visual_frames and gt_masks, and recomputes each clip's
+audio_log_mel/.../{video}.pkl from audio_wav with the same log-mel, as a pickled
+tensor [5, 1, 100, mel_bins] (the release's time-major layout).
+Outputs are written atomically (temporary file, then os.replace), finished outputs
+are skipped on a rerun, and a file that cannot be decoded is skipped with its reason.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+from rich.console import Console
+from rich.progress import Progress
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi")
+ANNOTATIONS = {
+    "ave": ("Annotations.txt", "trainSet.txt", "valSet.txt", "testSet.txt"),
+    "llp": ("AVVP_train.csv", "AVVP_val_pd.csv", "AVVP_test_pd.csv", "AVVP_eval_audio.csv", "AVVP_eval_visual.csv"),
+}
+SEGMENTS = {"ave": 10, "llp": 10, "avsbench": 5}
+HOP_S, WIN_S = 0.010, 0.025
+
+
+@dataclass
+class PrepareReport:
+    """What a `prepare` call did: counts and the (file, reason) of every skipped input."""
+
+    prepared: int = 0
+    already_done: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
+    """Triangular HTK-mel filters [n_mels, n_fft // 2 + 1] from 0 Hz to Nyquist."""
+    mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
+    edges_mel = torch.linspace(0.0, mel(sample_rate / 2), n_mels + 2)
+    edges = 700.0 * (10 ** (edges_mel / 2595.0) - 1.0)
+    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    up = (freqs - lo) / (mid - lo)
+    down = (hi - freqs) / (hi - mid)
+    return torch.clamp(torch.minimum(up, down), min=0.0)
+
+
+def log_mel(wave: torch.Tensor, sample_rate: int, mel_bins: int) -> torch.Tensor:
+    """Log-mel [mel_bins, 1 + len // hop] of a mono waveform (centred STFT frames)."""
+    hop, win = round(HOP_S * sample_rate), round(WIN_S * sample_rate)
+    n_fft = 1 << (win - 1).bit_length()
+    spec = torch.stft(
+        wave.float(), n_fft, hop_length=hop, win_length=win, window=torch.hann_window(win), center=True,
+        return_complex=True,
+    ).abs() ** 2  # fmt: skip
+    return torch.log(mel_filterbank(n_fft, mel_bins, sample_rate) @ spec + 1e-6)
+
+
+def segment_log_mels(wave: np.ndarray, segments: int, sample_rate: int, mel_bins: int) -> np.ndarray:
+    """float32 [segments, mel_bins, 1 s / hop] log-mels of a waveform padded or cut to `segments` s."""
+    total = segments * sample_rate
+    wave = np.pad(wave[:total], (0, max(0, total - len(wave))))
+    spec = log_mel(torch.from_numpy(wave), sample_rate, mel_bins)
+    per = round(1.0 / HOP_S)
+    return spec[:, : segments * per].reshape(mel_bins, segments, per).permute(1, 0, 2).numpy().astype(np.float32)
+
+
+def decode_audio(container: av.container.InputContainer, sample_rate: int) -> np.ndarray:
+    """The first audio stream as float32 mono at `sample_rate`."""
+    if not container.streams.audio:
+        raise ValueError("no audio stream")
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+    chunks = []
+    for frame in container.decode(audio=0):
+        chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+    chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    if not chunks:
+        raise ValueError("audio stream holds no samples")
+    return np.concatenate(chunks).astype(np.float32)
+
+
+def decode_video(path: Path, segments: int, size: int, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frames uint8 [segments, size, size, 3] (nearest each segment's centre) and mono audio."""
+    centres = np.arange(segments) + 0.5
+    best: list[tuple[float, av.VideoFrame | None]] = [(math.inf, None)] * segments
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise ValueError("no video stream")
+        for frame in container.decode(video=0):
+            if frame.time is None:
+                continue
+            gap = np.abs(centres - frame.time)
+            best = [(g, frame) if g < b[0] else b for g, b in zip(gap, best, strict=True)]
+        if best[0][1] is None:
+            raise ValueError("video stream holds no frames")
+    with av.open(str(path)) as container:
+        audio = decode_audio(container, sample_rate)
+    frames = [
+        np.asarray(f.to_image().convert("RGB").resize((size, size), Image.BILINEAR))  # type: ignore[union-attr]
+        for _, f in best
+    ]
+    return np.stack(frames), audio
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary sibling, then rename, so a crash leaves no torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
+    def write(p: Path) -> None:
+        with p.open("wb") as f:
+            np.save(f, array)
+
+    return write
+
+
+def _jobs_videos(dataset: str, src: Path, dst: Path, size: int, sample_rate: int, mel_bins: int) -> list:
+    """One job per raw video: (name, outputs, work)."""
+    t = SEGMENTS[dataset]
+    jobs = []
+    for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
+        frames_out, mel_out = dst / "frames" / f"{path.stem}.npy", dst / "logmel" / f"{path.stem}.npy"
+
+        def work(path: Path = path, frames_out: Path = frames_out, mel_out: Path = mel_out) -> None:
+            frames, audio = decode_video(path, t, size, sample_rate)
+            atomic_write(mel_out, _save_npy(segment_log_mels(audio, t, sample_rate, mel_bins)))
+            atomic_write(frames_out, _save_npy(frames))
+
+        jobs.append((path, (frames_out, mel_out), work))
+    return jobs
+
+
+def _jobs_avsbench(src: Path, dst: Path, sample_rate: int, mel_bins: int) -> list:
+    """Copy the release's frames, masks and meta; one job per audio_wav clip."""
+    jobs = []
+    for folder, meta, data in (("Single-source", "s4_meta_data.csv", "s4_data"),
+                               ("Multi-sources", "ms3_meta_data.csv", "ms3_data")):  # fmt: skip
+        if not (src / folder).is_dir():
+            continue
+        if (src / folder / meta).is_file():
+            atomic_write(dst / folder / meta, lambda p, s=src / folder / meta: shutil.copyfile(s, p))
+        for sub in ("visual_frames", "gt_masks"):
+            if (src / folder / data / sub).is_dir():
+                shutil.copytree(src / folder / data / sub, dst / folder / data / sub, dirs_exist_ok=True)
+        wav_root = src / folder / data / "audio_wav"
+        for wav in sorted(wav_root.rglob("*.wav")):
+            out = dst / folder / data / "audio_log_mel" / wav.relative_to(wav_root).with_suffix(".pkl")
+
+            def work(wav: Path = wav, out: Path = out) -> None:
+                with av.open(str(wav)) as container:
+                    audio = decode_audio(container, sample_rate)
+                mel = torch.from_numpy(segment_log_mels(audio, 5, sample_rate, mel_bins)).transpose(1, 2)[:, None]
+
+                def write(p: Path) -> None:
+                    with p.open("wb") as f:
+                        pickle.dump(mel.contiguous(), f)
+
+                atomic_write(out, write)
+
+            jobs.append((wav, (out,), work))
+    return jobs
+
+
+def prepare(
+    dataset: Literal["ave", "llp", "avsbench"],
+    src: Path,
+    dst: Path,
+    *,
+    size: int = 224,
+    mel_bins: int = 64,
+    sample_rate: int = 16000,
+    console: Console | None = None,
+) -> PrepareReport:
+    """Prepare `dataset` from the raw directory `src` into `dst` (see the module doc);
+    resumable. Returns the counts and the skipped files with their reasons."""
+    if dataset not in SEGMENTS:
+        raise ValueError(f"dataset must be one of {', '.join(SEGMENTS)}, got {dataset!r}")
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise FileNotFoundError(f"source directory {src} does not exist")
+    console = console or Console(stderr=True)
+    dst.mkdir(parents=True, exist_ok=True)
+    if dataset == "avsbench":
+        jobs = _jobs_avsbench(src, dst, sample_rate, mel_bins)
+    else:
+        for name in ANNOTATIONS[dataset]:
+            found = sorted(src.rglob(name))
+            if found:
+                atomic_write(dst / name, lambda p, s=found[0]: shutil.copyfile(s, p))
+        jobs = _jobs_videos(dataset, src, dst, size, sample_rate, mel_bins)
+    report = PrepareReport()
+    with Progress(console=console, transient=True) as progress:
+        bar = progress.add_task(f"prepare {dataset}", total=len(jobs))
+        for path, outputs, work in jobs:
+            if all(o.is_file() for o in outputs):
+                report.already_done += 1
+            else:
+                try:
+                    work()
+                    report.prepared += 1
+                except (av.FFmpegError, ValueError, OSError) as e:
+                    reason = str(e) or type(e).__name__
+                    report.skipped.append((str(path), reason))
+                    console.print(f"[yellow]warning:[/] skipped {path}: {reason}")
+            progress.advance(bar)
+    console.print(
+        f"{dataset}: {report.prepared} prepared, {report.already_done} already done, {len(report.skipped)} skipped"
+    )
+    for path, reason in report.skipped:
+        console.print(f"  skipped {path}: {reason}")
+    return report

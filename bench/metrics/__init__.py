@@ -1,0 +1,1 @@
+"""Exact task metrics (DESIGN section 7). Every value is a percentage."""

@@ -1,0 +1,195 @@
+"""Tiny fixture trees in each real layout, read back; bad data names file and line."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bench.data.ave import load_ave
+from bench.data.avsbench import load_avsbench
+from bench.data.errors import DataError
+from bench.data.llp import load_llp
+from bench.tasks.base import DataShape
+
+SHAPE = DataShape(image_size=16, mel_bins=8, mel_frames=6)
+HEADER = "Category&VideoID&Quality&StartTime&EndTime\n"
+
+
+def media(root: Path, videos: list[str], t: int = 10) -> None:
+    (root / "frames").mkdir(parents=True, exist_ok=True)
+    (root / "logmel").mkdir(exist_ok=True)
+    for v in videos:
+        np.save(root / "frames" / f"{v}.npy", np.full((t, 20, 24, 3), 128, np.uint8))
+        np.save(root / "logmel" / f"{v}.npy", np.zeros((t, 64, 100), np.float32))
+
+
+def ave_tree(root: Path, header: bool) -> None:
+    h = HEADER if header else ""
+    (root / "Annotations.txt").write_text(
+        h + "Church bell&vidA&good&2&5\nDog barking&vidB&good&0&10\nBanjo&vidC&good&9&10\n"
+    )
+    (root / "trainSet.txt").write_text(h + "Church bell&vidA&good&2&5\nDog barking&vidB&good&0&10\n")
+    (root / "valSet.txt").write_text(h + "Banjo&vidC&good&9&10\n")
+    (root / "testSet.txt").write_text(h + "Banjo&vidC&good&9&10\n")
+    media(root, ["vidA", "vidB", "vidC"])
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_ave_reads_with_and_without_header(tmp_path: Path, header: bool) -> None:
+    ave_tree(tmp_path, header)
+    data = load_ave(tmp_path, SHAPE)
+    assert [len(data[s]) for s in ("train", "val", "test")] == [2, 1, 1]
+    item = data["train"][0]
+    assert item["audio"].shape == (10, 1, 8, 6) and item["audio"].dtype == torch.float32
+    assert item["visual"].shape == (10, 3, 16, 16) and item["visual"].dtype == torch.float32
+    # sorted categories: Banjo 0, Church bell 1, Dog barking 2; background 28; [2, 5) carries the event
+    assert item["label"].tolist() == [28, 28, 1, 1, 1, 28, 28, 28, 28, 28]
+    assert data["train"][1]["label"].tolist() == [2] * 10
+    assert data["val"][0]["label"].tolist() == [28] * 9 + [0]
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "match"),
+    [
+        ("trainSet.txt", "Church bell&vidA&good&2\n", r"trainSet.txt:1: expected 5 '&'-separated fields"),
+        ("trainSet.txt", HEADER + "Church bell&vidA&good&two&5\n", r"trainSet.txt:2: StartTime must be a number"),
+        ("valSet.txt", "Harp&vidC&good&0&1\n", r"valSet.txt:1: unknown category 'Harp'"),
+        ("testSet.txt", "Banjo&vidC&good&5&3\n", r"testSet.txt:1: EndTime 3 is before StartTime 5"),
+        ("testSet.txt", "Banjo&vidC&good&0&11\n", r"testSet.txt:1: EndTime must be in \[0, 10\]"),
+    ],
+)
+def test_ave_bad_lines(tmp_path: Path, file: str, text: str, match: str) -> None:
+    ave_tree(tmp_path, header=False)
+    (tmp_path / file).write_text(text)
+    with pytest.raises(DataError, match=match):
+        load_ave(tmp_path, SHAPE)
+
+
+def test_ave_missing_files(tmp_path: Path) -> None:
+    ave_tree(tmp_path, header=True)
+    (tmp_path / "logmel" / "vidC.npy").unlink()
+    with pytest.raises(DataError, match=r"logmel/vidC.npy: missing prepared media"):
+        load_ave(tmp_path, SHAPE)
+    (tmp_path / "Annotations.txt").unlink()
+    with pytest.raises(DataError, match=r"Annotations.txt: file not found"):
+        load_ave(tmp_path, SHAPE)
+
+
+def test_ave_wrong_media_shape(tmp_path: Path) -> None:
+    ave_tree(tmp_path, header=True)
+    np.save(tmp_path / "frames" / "vidA.npy", np.zeros((9, 20, 24, 3), np.uint8))
+    with pytest.raises(DataError, match=r"frames/vidA.npy: expected an array of shape \[10, \*, \*, 3\]"):
+        load_ave(tmp_path, SHAPE)["train"][0]
+
+
+def llp_tree(root: Path) -> None:
+    (root / "AVVP_train.csv").write_text("filename\tevent_labels\nv1_0_10\tSpeech,Dog\nv2_5_15\tCello\n")
+    (root / "AVVP_val_pd.csv").write_text("filename\tevent_labels\nv3_0_10\tSpeech,Car\n")
+    (root / "AVVP_test_pd.csv").write_text("filename\tevent_labels\nv4_0_10\tClapping\n")
+    (root / "AVVP_eval_audio.csv").write_text(
+        "filename\tonset\toffset\tevent_labels\nv3_0_10\t0\t4\tSpeech\nv3_0_10\t9\t9\tSpeech\nv4_0_10\t2\t10\tClapping\n"
+    )
+    (root / "AVVP_eval_visual.csv").write_text("filename\tonset\toffset\tevent_labels\nv3_0_10\t3\t10\tCar\n")
+    media(root, ["v1_0_10", "v2_5_15", "v3_0_10", "v4_0_10"])
+
+
+def test_llp_reads(tmp_path: Path) -> None:
+    llp_tree(tmp_path)
+    data = load_llp(tmp_path, SHAPE)
+    train = data["train"][0]
+    assert set(train) == {"audio", "visual", "label"}
+    assert train["label"].nonzero().flatten().tolist() == [0, 3]  # Speech, Dog
+    val = data["val"][0]
+    assert val["gt_audio"].shape == val["gt_visual"].shape == (25, 10)
+    assert val["gt_audio"][0].int().tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]  # [0, 4); 9-9 marks nothing
+    assert val["gt_audio"].sum() == 4 and val["gt_visual"][1].sum() == 7
+    assert data["test"][0]["gt_audio"][24].sum() == 8 and data["test"][0]["gt_visual"].sum() == 0
+
+
+@pytest.mark.parametrize(
+    ("file", "text", "match"),
+    [
+        ("AVVP_train.csv", "filename\tevent_labels\nv1_0_10\tSpeech\textra\n", r"AVVP_train.csv:2: expected 2 tab"),
+        ("AVVP_train.csv", "filename\tevent_labels\nv1_0_10\tSpeeches\n", r"AVVP_train.csv:2: unknown event label"),
+        ("AVVP_train.csv", "name,labels\n", r"AVVP_train.csv:1: expected the tab-separated header"),
+        (
+            "AVVP_eval_audio.csv",
+            "filename\tonset\toffset\tevent_labels\nv3_0_10\tzero\t4\tSpeech\n",
+            r"AVVP_eval_audio.csv:2: onset must be a number",
+        ),
+    ],
+)
+def test_llp_bad_lines(tmp_path: Path, file: str, text: str, match: str) -> None:
+    llp_tree(tmp_path)
+    (tmp_path / file).write_text(text)
+    with pytest.raises(DataError, match=match):
+        load_llp(tmp_path, SHAPE)
+
+
+def png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def logmel_pkl(path: Path, shape: tuple[int, ...] = (5, 1, 96, 64)) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        pickle.dump(torch.randn(shape), f)
+
+
+def avs_tree(root: Path) -> None:
+    s4 = root / "Single-source"
+    s4.mkdir(parents=True)
+    (s4 / "s4_meta_data.csv").write_text("name,start,category,split\nvA,0,dog,train\nvB,1,cat,test\n")
+    frame = np.zeros((24, 24, 3), np.uint8)
+    mask = np.zeros((24, 24), np.uint8)
+    mask[:12] = 255
+    for split, cat, vid in (("train", "dog", "vA"), ("test", "cat", "vB")):
+        for i in range(1, 6):
+            png(s4 / "s4_data/visual_frames" / split / cat / vid / f"{vid}_{i}.png", frame)
+            if split == "test" or i == 1:
+                png(s4 / "s4_data/gt_masks" / split / cat / vid / f"{vid}_{i}.png", mask)
+        logmel_pkl(s4 / "s4_data/audio_log_mel" / split / cat / f"{vid}.pkl")
+    ms3 = root / "Multi-sources"
+    ms3.mkdir()
+    (ms3 / "ms3_meta_data.csv").write_text("video_id,split\nvM,val\n")
+    for i in range(1, 6):
+        png(ms3 / "ms3_data/visual_frames/vM" / f"vM.mp4_{i}.png", frame)
+        png(ms3 / "ms3_data/gt_masks/val/vM" / f"vM_{i}.png", mask)
+    logmel_pkl(ms3 / "ms3_data/audio_log_mel/val/vM.pkl")
+
+
+def test_avsbench_reads_s4_and_ms3(tmp_path: Path) -> None:
+    avs_tree(tmp_path)
+    s4 = load_avsbench(tmp_path, "s4", SHAPE)
+    assert [len(s4[s]) for s in ("train", "val", "test")] == [1, 0, 1]
+    train = s4["train"][0]
+    assert train["audio"].shape == (5, 1, 8, 6) and train["visual"].shape == (5, 3, 16, 16)
+    assert train["mask"].shape == (5, 16, 16) and train["mask"].dtype == torch.bool
+    assert train["frame_weight"].tolist() == [1, 0, 0, 0, 0]
+    assert train["mask"][0, :8].all() and not train["mask"][0, 8:].any() and not train["mask"][1:].any()
+    assert s4["test"][0]["frame_weight"].tolist() == [1] * 5 and s4["test"][0]["mask"][4, 0].all()
+    ms3 = load_avsbench(tmp_path, "ms3", SHAPE)
+    assert len(ms3["val"]) == 1 and ms3["val"][0]["frame_weight"].tolist() == [1] * 5
+
+
+def test_avsbench_bad_data(tmp_path: Path) -> None:
+    avs_tree(tmp_path)
+    bad = tmp_path / "Single-source/s4_data/gt_masks/test/cat/vB/vB_3.png"
+    png(bad, np.zeros((20, 24), np.uint8))
+    with pytest.raises(DataError, match=r"vB_3.png: mask is 24x20 but its frame is 24x24"):
+        load_avsbench(tmp_path, "s4", SHAPE)["test"][0]
+    logmel_pkl(tmp_path / "Multi-sources/ms3_data/audio_log_mel/val/vM.pkl", (5, 96, 64))
+    with pytest.raises(DataError, match=r"vM.pkl: expected a log-mel of shape \[5, 1, frames, mel_bins\]"):
+        load_avsbench(tmp_path, "ms3", SHAPE)["val"][0]
+    (tmp_path / "Multi-sources/ms3_data/visual_frames/vM/vM.mp4_2.png").unlink()
+    with pytest.raises(DataError, match=r"vM.mp4_2.png: file not found"):
+        load_avsbench(tmp_path, "ms3", SHAPE)
+    (tmp_path / "Single-source/s4_meta_data.csv").write_text("name,start,category,split\nvA,0,dog\n")
+    with pytest.raises(DataError, match=r"s4_meta_data.csv:2: expected 4 comma-separated fields"):
+        load_avsbench(tmp_path, "s4", SHAPE)

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.registry import get_task
+from bench.tasks.avs import AvsConfig, AvsMs3Config
+from bench.tasks.base import DataShape, TaskModel
+
+SMALL = dict(num_train=4, num_val=3, num_test=2)
+
+
+@pytest.mark.parametrize(("name", "cfg_cls"), [("avs_s4", AvsConfig), ("avs_ms3", AvsMs3Config)])
+def test_synthetic_shapes_and_determinism(name: str, cfg_cls: type, shape: DataShape) -> None:
+    task = get_task(name)
+    assert task.spec(cfg_cls()).needs_maps and task.spec(cfg_cls()).kind == "segmentation"
+    data = task.synthetic(cfg_cls(**SMALL), shape)
+    for split, n in (("train", 4), ("val", 3), ("test", 2)):
+        t = data[split].tensors
+        assert t["audio"].shape == (n, 5, 1, 16, 12) and t["audio"].dtype == torch.float32
+        assert t["visual"].shape == (n, 5, 3, 32, 32) and t["visual"].dtype == torch.float32
+        assert t["mask"].shape == (n, 5, 32, 32) and t["mask"].dtype == torch.bool
+        assert t["frame_weight"].shape == (n, 5)
+    again = task.synthetic(cfg_cls(**SMALL), shape)
+    assert torch.equal(again["val"].tensors["mask"], data["val"].tensors["mask"])
+    assert torch.equal(again["train"].tensors["visual"], data["train"].tensors["visual"])
+
+
+def test_s4_train_supervises_first_frame_only(shape: DataShape) -> None:
+    data = get_task("avs_s4").synthetic(AvsConfig(**SMALL), shape)
+    w = data["train"].tensors["frame_weight"]
+    assert torch.equal(w, torch.tensor([[1.0, 0, 0, 0, 0]]).expand(4, 5))
+    assert not data["train"].tensors["mask"][:, 1:].any() and data["train"].tensors["mask"][:, 0].any()
+    assert (data["val"].tensors["frame_weight"] == 1).all()
+    ms3 = get_task("avs_ms3").synthetic(AvsMs3Config(**SMALL), shape)
+    assert (ms3["train"].tensors["frame_weight"] == 1).all()
+
+
+def test_mask_is_the_sounding_object(shape: DataShape) -> None:
+    val = get_task("avs_s4").synthetic(AvsConfig(num_train=1, num_val=8, num_test=1), shape)["val"].tensors
+    covered = val["mask"].float().mean((-2, -1))
+    assert (covered > 0).all() and (covered < 0.5).all()  # one (maybe occluded) object, not the frame
+
+
+@pytest.mark.parametrize("name", ["avs_s4", "avs_ms3"])
+def test_head_shape_backward_and_score(name: str, encoder, shape: DataShape) -> None:  # noqa: ANN001
+    task = get_task(name)
+    cfg = task.config_cls(**SMALL, head_width=8)
+    model = TaskModel(encoder, task.head(cfg, encoder))
+    data = task.synthetic(cfg, shape)
+    batch = data["train"].batches(2)[0]
+    out = model(batch["audio"], batch["visual"])
+    assert out.shape == (2, 5, 8, 8)  # finest map (stride 4); loss and predictions upsample
+    loss = task.loss(out, batch)
+    loss.backward()
+    assert all(p.grad is not None for p in model.head.parameters())
+    assert encoder.maps[3].weight.grad is not None and encoder.a.weight.grad is not None
+    preds = task.predictions(out, batch)
+    assert preds["logits"].shape == (2, 5, 32, 32)
+    scores = task.score(preds)
+    assert set(scores) == {"miou", "fscore"} and task.selection_metric == "miou"
+
+
+def test_loss_ignores_unsupervised_frames(encoder, shape: DataShape) -> None:  # noqa: ANN001
+    task = get_task("avs_s4")
+    mask = torch.zeros(1, 5, 32, 32, dtype=torch.bool)
+    logits = torch.zeros(1, 5, 32, 32)
+    logits[:, 1:] = 50.0  # confidently wrong on frames 1..4
+    weight = torch.tensor([[1.0, 0, 0, 0, 0]])
+    loss = task.loss(logits, {"mask": mask, "frame_weight": weight})
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize(("field", "value"), [("objects", 0), ("offscreen", 2.0), ("max_sources", 9)])
+def test_config_validation_names_the_field(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        AvsConfig(**{field: value})
