@@ -67,6 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--out", type=Path, default=DEFAULT_OUT)
         p.add_argument("--reference", default=None, help="method the ratios are relative to")
 
+    data = sub.add_parser("data", help="prepare real datasets").add_subparsers(dest="data_command", required=True)
+    prep = data.add_parser("prepare", help="decode raw videos into the layout the loaders read (resumable)")
+    prep.add_argument("dataset", choices=["ave", "llp", "avsbench"])
+    prep.add_argument("--src", type=Path, required=True, help="raw dataset directory")
+    prep.add_argument("--dst", type=Path, required=True, help="prepared output directory")
+    prep.add_argument("--size", type=int, default=224, help="frame side in pixels")
+    prep.add_argument("--mel-bins", type=int, default=64)
+
     sub.add_parser("list", help="list methods, tasks and presets")
     return parser
 
@@ -176,7 +184,16 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "table": cmd_table, "plot": cmd_plot, "list": cmd_list}
+def cmd_data(args: argparse.Namespace, console: Console) -> int:
+    from bench.data.prepare import prepare
+
+    if not args.src.is_dir():
+        raise UsageError(f"--src {args.src} is not a directory")
+    prepare(args.dataset, args.src, args.dst, size=args.size, mel_bins=args.mel_bins, console=console)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "table": cmd_table, "plot": cmd_plot, "list": cmd_list, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:
