@@ -189,14 +189,15 @@ class LavishEncoder(AdaptedEncoder):
         bb = self.shared
         xa = bb.embed(bb.prepare(audio.flatten(0, 1)))
         xv = bb.embed(bb.prepare(visual.flatten(0, 1)))
-        maps: list[torch.Tensor] = []
+        kept: dict[int, torch.Tensor] = {}
         for unit, ad in zip(bb.units, self.adapters, strict=True):
             xa, xv = self._block(unit, ad, xa, xv)
             if unit.index in self._map_units:
-                maps.append(bb.grid(xv))
+                kept[unit.index] = xv
         a = bb.pool(xa).reshape(b, t, -1)
         v = bb.pool(xv).reshape(b, t, -1)
-        return AVFeatures(a=a, v=v, maps=maps if self.spec.needs_maps else None)
+        maps = [bb.grid(kept[i]) for i in self._map_units] if self.spec.needs_maps else None  # indices may repeat
+        return AVFeatures(a=a, v=v, maps=maps)
 
 
 @register_method("lavish", LavishConfig, "LAVisH: latent audio-visual adapters in one shared frozen tower.")
