@@ -40,9 +40,19 @@ def tiny_model(family: str) -> nn.Module:
 
 
 def tiny_towers(family: str, seed: int = 0) -> Towers:
-    """Three independent towers of one family (separate audio / visual, and a shared one)."""
+    """Three independent towers of one family (separate audio / visual, and a shared one).
+
+    timm zero-initialises Swin-V2's post-norm weights, which makes every random block an
+    identity with zero weight gradients; they are set near 1, as in a trained tower, so
+    that the blocks matter to the tests."""
     torch.manual_seed(seed)
-    return Towers(*(Backbone(tiny_model(family)) for _ in range(3)))
+    models = [tiny_model(family) for _ in range(3)]
+    with torch.no_grad():
+        for m in models:
+            for name, mod in m.named_modules():
+                if name.endswith(("norm1", "norm2")) and family == "swinv2":
+                    mod.weight.copy_(1 + 0.1 * torch.randn_like(mod.weight))
+    return Towers(*(Backbone(m) for m in models))
 
 
 def av_batch(seed: int = 1, b: int = 2, t: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,3 +89,16 @@ def assert_state_dict_round_trip(build: Callable[[Towers], AdaptedEncoder], fami
     assert (x.maps is None) == (y.maps is None)
     for mx, my in zip(x.maps or [], y.maps or [], strict=True):
         assert torch.equal(mx, my)
+
+
+def logit_only_params(enc: nn.Module) -> set[str]:
+    """Parameters with an exactly zero gradient by construction: in a Swin-V2 block whose
+    window holds one token (the tiny tower's last 1x1 stage) the softmax over one key is
+    constant, so what only shapes the attention logits cannot learn."""
+    names = set()
+    for name, mod in enc.named_modules():
+        if type(mod).__name__ == "SwinTransformerV2Block" and mod.window_area == 1:
+            for pn, _ in mod.attn.named_parameters():
+                if pn.startswith(("logit_scale", "q_bias", "cpb_mlp")):
+                    names.add(f"{name}.attn.{pn}")
+    return names
