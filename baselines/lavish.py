@@ -153,6 +153,8 @@ class LavishEncoder(AdaptedEncoder):
         return self.shared.parameters()
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """All adapters at `lr` (the official AVE code trains them about 10x faster than the head,
+        whose lr the harness sets)."""
         return [{"params": list(self.adapters.parameters()), "lr": lr, "name": "adapter"}]
 
     def _attn(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
