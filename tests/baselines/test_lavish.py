@@ -1,0 +1,122 @@
+"""LAVisH: identity at zero gates, gradient routing, parameter-count formula, round trip."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from baseline_helpers import CLS, SEG, assert_state_dict_round_trip, av_batch, probe_loss, tiny_towers
+
+from baselines.lavish import LavishConfig, LavishEncoder, lavish_param_count
+from mettle_core.backbone import Backbone
+from mettle_core.interface import METHODS, TaskSpec
+
+
+def frozen_reference(bb: Backbone, x: torch.Tensor, keep: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The plain tower's pooled output and pyramid maps on [B, T, C, H, W] input."""
+    with torch.no_grad():
+        last, kept = bb.forward_units(bb.prepare(x.flatten(0, 1)))
+    return bb.pool(last).reshape(*x.shape[:2], -1), [bb.grid(kept[i]) for i in keep]
+
+
+@pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])
+def test_zero_gates_reproduce_frozen_tower(family: str, spec: TaskSpec) -> None:
+    bb = tiny_towers(family).shared
+    enc = LavishEncoder(bb, spec, LavishConfig())
+    audio, visual = av_batch()
+    out = enc(audio, visual)  # training mode: BatchNorm on batch statistics, still gated to zero
+    keep = bb.pyramid_units() if spec.needs_maps else ()
+    ref_a, _ = frozen_reference(bb, audio, keep)
+    ref_v, ref_maps = frozen_reference(bb, visual, keep)
+    assert torch.equal(out.a, ref_a) and torch.equal(out.v, ref_v)
+    if spec.needs_maps:
+        assert out.maps is not None and len(out.maps) == 4
+        assert tuple(m.shape[1] for m in out.maps) == enc.map_channels
+        for m, r in zip(out.maps, ref_maps, strict=True):
+            assert torch.equal(m, r)
+    else:
+        assert out.maps is None
+
+
+def test_gradients_reach_adapters_not_backbone(family: str) -> None:
+    enc = LavishEncoder(tiny_towers(family).shared, CLS, LavishConfig())
+    with torch.no_grad():  # open every gate so that every adapter weight is on the path
+        for ad in enc.adapters.modules():
+            if hasattr(ad, "gate_av"):
+                ad.gate_av.fill_(0.5)
+                ad.gate.fill_(0.5)
+    probe_loss(enc, *av_batch()).backward()
+    for name, p in enc.adapters.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert all(not p.requires_grad and p.grad is None for p in enc.backbone_parameters())
+    groups = enc.param_groups(5e-5)
+    assert [g["lr"] for g in groups] == [5e-5]
+    assert {id(p) for p in groups[0]["params"]} == {id(p) for p in enc.parameters() if p.requires_grad}
+
+
+def test_gates_alone_get_gradients_at_init(family: str) -> None:
+    """At init only the zero gates sit on the path; they must still learn to open."""
+    enc = LavishEncoder(tiny_towers(family).shared, CLS, LavishConfig())
+    probe_loss(enc, *av_batch()).backward()
+    gates = [m.gate.grad for m in enc.adapters.modules() if hasattr(m, "gate_av")]
+    assert gates and all(g is not None and g.abs().item() > 0 for g in gates)
+
+
+def test_tower_stays_in_eval_mode(family: str) -> None:
+    enc = LavishEncoder(tiny_towers(family).shared, CLS, LavishConfig()).train()
+    assert not any(m.training for m in enc.shared.modules())
+    assert all(m.training for m in enc.adapters.modules())
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        LavishConfig(),
+        LavishConfig(num_latent=3, reduction=2, groups=1),
+        LavishConfig(batchnorm=False, gates=False, layernorm=False),
+    ],
+    ids=["default", "custom", "switches-off"],
+)
+@pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])
+def test_param_count_formula_tiny(family: str, cfg: LavishConfig, spec: TaskSpec) -> None:
+    bb = tiny_towers(family).shared
+    enc = LavishEncoder(bb, spec, cfg)
+    counted = sum(p.numel() for p in enc.parameters() if p.requires_grad)
+    assert counted == lavish_param_count([u.dim for u in bb.units], cfg.resolve(spec))
+
+
+def test_task_defaults() -> None:
+    assert (LavishConfig().resolve(CLS).num_latent, LavishConfig().resolve(CLS).reduction) == (2, 8)
+    assert (LavishConfig().resolve(SEG).num_latent, LavishConfig().resolve(SEG).reduction) == (16, 4)
+    assert LavishConfig(num_latent=5).resolve(SEG).num_latent == 5
+
+
+def test_swinv2_large_count_matches_official() -> None:
+    """Swin-V2-L (depths 2-2-18-2, widths 192..1536), AVE settings: about 8.45M adapter parameters."""
+    with torch.device("meta"):
+        bb = Backbone(timm.create_model("swinv2_large_window12_192", num_classes=0))
+        enc = LavishEncoder(bb, CLS, LavishConfig())
+    assert [u.dim for u in bb.units] == [192] * 2 + [384] * 2 + [768] * 18 + [1536] * 2
+    counted = sum(p.numel() for p in enc.adapters.parameters())
+    assert counted == lavish_param_count([u.dim for u in bb.units], enc.cfg)
+    assert abs(counted / 8.45e6 - 1) < 0.01, counted
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"num_latent": 0}, "num_latent"), ({"reduction": 0}, "reduction"), ({"groups": 0}, "groups")],
+)
+def test_config_rejects_bad_values(kwargs: dict[str, int], field: str) -> None:
+    with pytest.raises(ValueError, match=f"LavishConfig.{field}"):
+        LavishConfig(**kwargs)
+
+
+def test_indivisible_groups_rejected() -> None:
+    with pytest.raises(ValueError, match="groups"):
+        LavishEncoder(tiny_towers("vit").shared, CLS, LavishConfig(groups=3))
+
+
+@pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])
+def test_state_dict_round_trip(family: str, spec: TaskSpec) -> None:
+    entry = METHODS.get("lavish")
+    assert_state_dict_round_trip(lambda t: entry.build(t, spec, entry.config_cls()), family, spec)
