@@ -25,9 +25,10 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 class MettleConfig:
     """Mettle's switches; the paper's choices are the defaults where it states them.
 
-    num_tokens: K meta-tokens per layer. 8 keeps K far below the token count of any
-      tower we run (64 to 4096 per frame), so LCD activations stay a small fraction of
-      the kept features, while giving the pooled embedding several distinct queries.
+    num_tokens: K meta-tokens per layer (not given in the abstract). 8 keeps K far below
+      the token count of real towers (197 for ViT-B/16, 64 to 4096 per Swin-V2 stage at
+      256 px), so LCD activations stay a small fraction of the kept features, while the
+      pooled embedding still gets several distinct queries.
     layers: which blocks LCD reads in classification: every block, the last `last_n`,
       or every `every_k`-th counted back from the last (the last block is always read).
     preserve: parameter-free attention, or learned q/k/v projections of rank D/rank_ratio.

@@ -31,20 +31,24 @@ class _MetaAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(q, x)
-        xf = x.to(q.dtype)
-        attn = torch.softmax(q @ xf.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)
-        return attn @ xf
+        with torch.autocast(q.device.type, enabled=False):  # the precision backward recomputes in
+            xf = x.to(q.dtype)
+            return _weights(q, xf) @ xf
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         q, x = ctx.saved_tensors
-        xf = x.to(q.dtype)
-        scale = q.shape[-1] ** -0.5
-        attn = torch.softmax(q @ xf.transpose(1, 2) * scale, dim=-1)
-        d_attn = grad @ xf.transpose(1, 2)
-        d_logits = attn * (d_attn - (d_attn * attn).sum(-1, keepdim=True))
-        return d_logits @ xf * scale, None
+        with torch.autocast(q.device.type, enabled=False):
+            xf = x.to(q.dtype)
+            attn = _weights(q, xf)
+            d_attn = grad.to(q.dtype) @ xf.transpose(1, 2)
+            d_logits = attn * (d_attn - (d_attn * attn).sum(-1, keepdim=True))
+            return d_logits @ xf * q.shape[-1] ** -0.5, None
+
+
+def _weights(q: torch.Tensor, xf: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(q @ xf.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)
 
 
 def meta_attention(q: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -56,7 +60,9 @@ class LCD(nn.Module):
     """Distil one frozen layer of width `dim` into `num_tokens` meta-tokens per frame.
 
     m = LayerNorm(M + p + gate * adapt(M + p)), p = attention of M over the frozen tokens.
-    The gate starts at zero so that training starts from pure preservation.
+    The gate starts at zero so that training starts from pure preservation. The `lowrank`
+    variant projects the tokens with ordinary layers, so autograd also keeps an fp32 copy
+    of bf16 features and the [N, L, D/rank_ratio] keys and values.
     """
 
     def __init__(

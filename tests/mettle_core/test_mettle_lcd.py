@@ -29,6 +29,15 @@ def test_bf16_features_are_saved_as_bf16_only() -> None:
     assert full - half == x.numel() * 2
 
 
+def test_lcd_trains_under_autocast() -> None:
+    """Mixed-precision training (the GPU runs) must not break the hand-written backward."""
+    lcd = LCD(16, num_tokens=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = lcd(torch.randn(2, 50, 16).bfloat16())
+    (out.float() * torch.randn(out.shape)).sum().backward()
+    assert lcd.meta.grad is not None and lcd.meta.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("preserve", ["attention", "lowrank"])
 @pytest.mark.parametrize("adapt", [True, False])
 def test_lcd_output_shape(preserve: str, adapt: bool) -> None:
