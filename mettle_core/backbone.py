@@ -103,7 +103,9 @@ class Backbone(nn.Module):
             x = unit.downsample(x)
         return unit.block(x)
 
-    def forward_units(self, x: torch.Tensor, keep: set[int] | None = None) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    def forward_units(
+        self, x: torch.Tensor, keep: set[int] | None = None
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """Run embed + all units on a prepared image; return the last tokens and the
         outputs of the units whose index is in `keep` (all when None)."""
         x = self.embed(x)

@@ -1,0 +1,16 @@
+"""Registers Mettle with the shared method registry."""
+
+from __future__ import annotations
+
+from mettle_core.encoder import MettleConfig, MettleEncoder
+from mettle_core.interface import TaskSpec, Towers, register_method
+
+
+@register_method(
+    "mettle",
+    MettleConfig,
+    "Mettle (Zhou et al., TPAMI 2025): frozen separate towers under no_grad, per-layer meta-tokens (LCD), "
+    "meta-token injection into the visual pyramid for segmentation (MTI).",
+)
+def build(towers: Towers, spec: TaskSpec, cfg: MettleConfig) -> MettleEncoder:
+    return MettleEncoder(towers.audio, towers.visual, spec, cfg)
