@@ -61,14 +61,16 @@ def summarize(records: list[dict[str, Any]], reference: str | None = None) -> pd
     return out.reset_index()
 
 
-def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
-    """The display table: metric mean +- std, efficiency in readable units, ratios."""
+def paper_table(summary: pd.DataFrame, all_metrics: bool = False) -> pd.DataFrame:
+    """The display table: metric mean +- std (the selection metric, or all), efficiency
+    in readable units, ratios to the reference."""
     rows = []
     for _, r in summary.iterrows():
         task = get_task(r["task"])
         row: dict[str, Any] = {"task": r["task"], "method": r["method"], "seeds": int(r["seeds"])}
-        for key in task.metric_keys:
-            col = f"metric.{key}"
+        row["metric"] = task.selection_metric
+        for key in task.metric_keys if all_metrics else ("value",):
+            col = f"metric.{task.selection_metric if key == 'value' else key}"
             if col in r and pd.notna(r[col]):
                 std = r.get(col + ".std", float("nan"))
                 row[key] = f"{r[col]:.2f} ± {0.0 if pd.isna(std) else std:.2f}"
@@ -84,12 +86,13 @@ def paper_table(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _bold_best(table: pd.DataFrame, summary: pd.DataFrame, wrap: tuple[str, str]) -> pd.DataFrame:
     """Mark the best value per task in each column: highest metric, least memory/time."""
-    shown = table.astype(str)
+    shown = table.map(lambda v: "" if pd.isna(v) else str(v)).astype(object)
     for task, idx in table.groupby("task").groups.items():
         if len(idx) < 2:
             continue
-        for key in get_task(task).metric_keys:
-            col = f"metric.{key}"
+        metric_cols = {"value": get_task(task).selection_metric, **{k: k for k in get_task(task).metric_keys}}
+        for key, metric in metric_cols.items():
+            col = f"metric.{metric}"
             if key in table and col in summary:
                 best = summary.loc[idx, col].idxmax()
                 shown.loc[best, key] = f"{wrap[0]}{shown.loc[best, key]}{wrap[1]}"
@@ -98,7 +101,7 @@ def _bold_best(table: pd.DataFrame, summary: pd.DataFrame, wrap: tuple[str, str]
                 vals = summary.loc[idx, f"eff.{col}"]
                 best = vals.idxmin() if direction == "min" else vals.idxmax()
                 shown.loc[best, label] = f"{wrap[0]}{shown.loc[best, label]}{wrap[1]}"
-    return shown.replace("nan", "")
+    return shown
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -119,15 +122,23 @@ def write_tables(records: list[dict[str, Any]], out_dir: Path, name: str = "resu
     tables = out_dir / "tables"
     if summary.empty:
         return summary
-    table = paper_table(summary)
     ref = summary.attrs.get("reference")
     note = f"\n\nRatios are relative to `{ref}`. Mean ± std over seeds.\n" if ref else "\n"
-    atomic_write_text(tables / f"{name}.md", markdown(_bold_best(table, summary, ("**", "**"))) + note)
-    latex = _bold_best(table, summary, ("\\textbf{", "}")).map(_latex_escape)
-    latex.columns = [_latex_escape(str(c)) for c in table.columns]
-    atomic_write_text(tables / f"{name}.tex", latex.to_latex(index=False, escape=False))
+    table = paper_table(summary)
+    _write_formats(table, summary, tables / name, note)
+    for task, idx in summary.groupby("task", sort=False).groups.items():
+        part = summary.loc[idx]
+        _write_formats(paper_table(part, all_metrics=True), part, tables / f"{name}_{task}", note)
     atomic_write_text(tables / f"{name}.csv", summary.to_csv(index=False))
     return table
+
+
+def _write_formats(table: pd.DataFrame, summary: pd.DataFrame, stem: Path, note: str) -> None:
+    table = table.set_axis(summary.index)
+    atomic_write_text(stem.with_suffix(".md"), markdown(_bold_best(table, summary, ("**", "**"))) + note)
+    latex = _bold_best(table, summary, ("\\textbf{", "}")).map(_latex_escape)
+    latex.columns = [_latex_escape(str(c)) for c in table.columns]
+    atomic_write_text(stem.with_suffix(".tex"), latex.to_latex(index=False, escape=False))
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

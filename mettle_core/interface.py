@@ -147,9 +147,7 @@ class Registry(Generic[T]):
         if name not in self._entries:
             close = difflib.get_close_matches(name, list(self._entries), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(
-                f"unknown {self.kind} {name!r}{hint} (valid: {', '.join(sorted(self._entries))})"
-            )
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (valid: {', '.join(sorted(self._entries))})")
         return self._entries[name]
 
     def names(self) -> list[str]:

@@ -16,8 +16,15 @@ from bench.results import ResultsStore
 REPO = Path(__file__).resolve().parents[2]
 RUN = ["run", "--methods", "frozen,full", "--tasks", "ave", "--preset", "smoke", "--device", "cpu"]
 EFFICIENCY_KEYS = {
-    "trainable_params", "encoder_trainable_params", "total_params", "flops_per_step", "train_step_s",
-    "train_samples_per_s", "infer_samples_per_s", "activation_bytes", "train_mem_bytes_est",
+    "trainable_params",
+    "encoder_trainable_params",
+    "total_params",
+    "flops_per_step",
+    "train_step_s",
+    "train_samples_per_s",
+    "infer_samples_per_s",
+    "activation_bytes",
+    "train_mem_bytes_est",
 }
 
 

@@ -5,7 +5,12 @@ from bench.report import markdown, paper_table, pareto_front, summarize, write_t
 
 def _record(method: str, seed: int, acc: float, mem: float, step: float) -> dict:
     return {
-        "method": method, "task": "ave", "preset": "smoke", "source": "synthetic", "seed": seed, "status": "ok",
+        "method": method,
+        "task": "ave",
+        "preset": "smoke",
+        "source": "synthetic",
+        "seed": seed,
+        "status": "ok",
         "metrics": {"accuracy": acc},
         "efficiency": {"train_mem_bytes_est": mem, "train_step_s": step, "activation_bytes": mem / 2},
     }

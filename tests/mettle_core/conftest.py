@@ -18,8 +18,14 @@ SEG = TaskSpec("avs_s4", num_segments=2, needs_maps=True, kind="segmentation")
 def vit(in_chans: int, depth: int = 3) -> Backbone:
     return Backbone(
         timm.create_model(
-            "vit_tiny_patch16_224", embed_dim=32, depth=depth, num_heads=2, patch_size=4, img_size=16,
-            num_classes=0, in_chans=in_chans,
+            "vit_tiny_patch16_224",
+            embed_dim=32,
+            depth=depth,
+            num_heads=2,
+            patch_size=4,
+            img_size=16,
+            num_classes=0,
+            in_chans=in_chans,
         )
     )
 
@@ -27,8 +33,14 @@ def vit(in_chans: int, depth: int = 3) -> Backbone:
 def swin(in_chans: int) -> Backbone:
     return Backbone(
         timm.create_model(
-            "swinv2_tiny_window8_256", embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4), window_size=4,
-            img_size=32, num_classes=0, in_chans=in_chans,
+            "swinv2_tiny_window8_256",
+            embed_dim=16,
+            depths=(1, 1, 2, 1),
+            num_heads=(1, 2, 2, 4),
+            window_size=4,
+            img_size=32,
+            num_classes=0,
+            in_chans=in_chans,
         )
     )
 

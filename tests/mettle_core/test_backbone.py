@@ -9,16 +9,31 @@ from mettle_core.interface import Towers
 def vit(chans: int = 3) -> Backbone:
     torch.manual_seed(0)
     return Backbone(
-        timm.create_model("vit_tiny_patch16_224", embed_dim=32, depth=4, num_heads=2, patch_size=4, img_size=16,
-                          num_classes=0, in_chans=chans)
+        timm.create_model(
+            "vit_tiny_patch16_224",
+            embed_dim=32,
+            depth=4,
+            num_heads=2,
+            patch_size=4,
+            img_size=16,
+            num_classes=0,
+            in_chans=chans,
+        )
     )
 
 
 def swin() -> Backbone:
     torch.manual_seed(0)
     return Backbone(
-        timm.create_model("swinv2_tiny_window8_256", embed_dim=16, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
-                          window_size=4, img_size=32, num_classes=0)
+        timm.create_model(
+            "swinv2_tiny_window8_256",
+            embed_dim=16,
+            depths=(1, 1, 2, 1),
+            num_heads=(1, 2, 2, 4),
+            window_size=4,
+            img_size=32,
+            num_classes=0,
+        )
     )
 
 
