@@ -6,7 +6,7 @@ towers stay timm modules that `Backbone` can still run block by block.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -71,8 +71,17 @@ def inject_lora(bb: Backbone, cfg: LoraMethodConfig) -> None:
         p.requires_grad_("lora_" in n)
 
 
+class LoraEncoder(PooledTowersEncoder):
+    """Pooled towers whose only trainable weights are the injected LoRA factors."""
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        """The pretrained tower weights, without the LoRA factors that live inside the towers."""
+        names = {id(p): n for bb in (self.audio_bb, self.visual_bb) for n, p in bb.named_parameters()}
+        return (p for p in super().backbone_parameters() if "lora_" not in names[id(p)])
+
+
 @register_method("lora", LoraMethodConfig, "LoRA (peft) on the attention projections of both separate towers.")
-def build(towers: Towers, spec: TaskSpec, cfg: LoraMethodConfig) -> PooledTowersEncoder:
+def build(towers: Towers, spec: TaskSpec, cfg: LoraMethodConfig) -> LoraEncoder:
     for bb in {id(b): b for b in (towers.audio, towers.visual)}.values():
         inject_lora(bb, cfg)
-    return PooledTowersEncoder(towers.audio, towers.visual, spec, trainable=True)
+    return LoraEncoder(towers.audio, towers.visual, spec, trainable=True)
