@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bench.presets import get_preset
-from bench.towers import build_towers
 from bench.registry import METHODS
+from bench.towers import build_towers
 from mettle_core.interface import AdaptedEncoder, TaskSpec
 
 SPECS = {
