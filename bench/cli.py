@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a config value, e.g. train.lr=1e-3 or mettle.num_tokens=4",
     )
+    run.add_argument(
+        "--tune",
+        default=None,
+        metavar="KEY=V1,V2",
+        help="give every method the same candidates (e.g. train.lr=3e-4,1e-3,3e-3); tables keep, "
+        "per method, task and seed, the candidate with the best val metric",
+    )
     run.add_argument("--force", action="store_true", help="rerun runs that already finished")
 
     for name, text in (("table", "write tables from OUT/runs.jsonl"), ("plot", "write figures from OUT/runs.jsonl")):
@@ -108,6 +115,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         source=_data_sources(args.data, tasks),
         overrides=args.overrides,
         force=args.force,
+        tune=args.tune,
     )
     resolve(plan)  # usage errors surface before any work
     records = execute(plan, args.out, console)

@@ -26,13 +26,34 @@ EFFICIENCY_COLUMNS = {
 }
 
 
+def select_tuned(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Of runs tuned over candidates of one key (`--tune`), keep per (method, task,
+    preset, source, seed) the one with the best val selection metric: every method
+    gets the same candidates and the choice never looks at test."""
+    best: dict[tuple, dict[str, Any]] = {}
+    out = []
+    for r in records:
+        tuned = r.get("tags", {}).get("tuned")
+        if tuned is None or r.get("status") != "ok":
+            out.append(r)
+            continue
+        val = r["metrics"].get("val_" + get_task(r["task"]).selection_metric, float("-inf"))
+        group = (r["method"], r["task"], r["preset"], r["source"], r["seed"], tuned)
+        if group not in best or val > best[group]["metrics"].get("val_" + get_task(r["task"]).selection_metric):
+            best[group] = r
+    return out + list(best.values())
+
+
 def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per finished run: identity columns, metrics and efficiency flattened."""
     rows = []
-    for r in records:
+    for r in select_tuned(records):
         if r.get("status") != "ok":
             continue
         row = {k: r[k] for k in ("method", "task", "preset", "source", "seed")}
+        tags = r.get("tags") or {}
+        if "tuned" in tags:
+            row["tuned"] = f"{tags['tuned']}={tags['value']}"
         row.update({f"metric.{k}": v for k, v in r.get("metrics", {}).items() if isinstance(v, int | float)})
         row.update({f"eff.{k}": v for k, v in r.get("efficiency", {}).items() if isinstance(v, int | float)})
         rows.append(row)
@@ -50,6 +71,8 @@ def summarize(records: list[dict[str, Any]], reference: str | None = None) -> pd
     out = grouped.mean(numeric_only=True).drop(columns="seed")
     std = grouped.std(numeric_only=True, ddof=0).drop(columns="seed")
     out = out.join(std.add_suffix(".std")).join(grouped.size().rename("seeds"))
+    if "tuned" in df:
+        out = out.join(grouped["tuned"].agg(lambda v: " ".join(sorted(set(v.dropna())))))
     methods = set(df["method"])
     ref = reference or next((m for m in ("lavish", "full") if m in methods), None)
     if ref in methods:
@@ -80,6 +103,8 @@ def paper_table(summary: pd.DataFrame, all_metrics: bool = False) -> pd.DataFram
         for col, label in (("mem_vs_ref", "mem / ref"), ("time_vs_ref", "time / ref")):
             if col in r and pd.notna(r[col]):
                 row[label] = round(r[col], 3)
+        if r.get("tuned"):
+            row["chosen on val"] = r["tuned"]
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -18,6 +18,7 @@ from bench.config import (
     BASE_SECTIONS,
     ConfigError,
     MeasureConfig,
+    Override,
     ResolvedRun,
     TowersConfig,
     TrainConfig,
@@ -42,6 +43,7 @@ class RunPlan:
     overrides: list[str] = field(default_factory=list)
     force: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    tune: str | None = None  # "section.key=v1,v2,...": every method gets the same candidates, chosen on val
 
 
 def all_sections() -> dict[str, type]:
@@ -58,30 +60,38 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
         get_method(m)
     for t in plan.tasks:
         get_task(t)
-    overrides = parse_overrides(plan.overrides, all_sections())
+    sections = all_sections()
+    base = parse_overrides(plan.overrides, sections)
+    candidates: list[tuple[list[Override], dict[str, str]]] = [([], {})]
+    if plan.tune:
+        key, _, values = plan.tune.partition("=")
+        items = [v.strip() for v in values.split(",") if v.strip()]
+        if not items:
+            raise ConfigError(f"--tune {plan.tune!r}: expected section.key=v1,v2,...")
+        candidates = [(parse_overrides([f"{key}={v}"], sections), {"tuned": key, "value": v}) for v in items]
     runs = []
     for task_name in plan.tasks:
         task = get_task(task_name)
-        task_cfg = build_section(task.config_cls, task_name, preset.data, overrides)
         for method in plan.methods:
-            method_cfg = build_section(get_method(method).config_cls, method, {}, overrides)
             for seed in plan.seeds:
-                runs.append(
-                    ResolvedRun(
-                        method=method,
-                        task=task_name,
-                        preset=preset.name,
-                        source=plan.source.get(task_name, "synthetic"),
-                        seed=seed,
-                        device=plan.device,
-                        train=build_section(TrainConfig, "train", preset.train, overrides),
-                        measure=build_section(MeasureConfig, "measure", {}, overrides),
-                        towers=build_section(TowersConfig, "towers", {}, overrides),
-                        method_cfg=method_cfg,
-                        task_cfg=task_cfg,
-                        tags=dict(plan.tags),
+                for extra, tags in candidates:
+                    overrides = base + extra
+                    runs.append(
+                        ResolvedRun(
+                            method=method,
+                            task=task_name,
+                            preset=preset.name,
+                            source=plan.source.get(task_name, "synthetic"),
+                            seed=seed,
+                            device=plan.device,
+                            train=build_section(TrainConfig, "train", preset.train, overrides),
+                            measure=build_section(MeasureConfig, "measure", {}, overrides),
+                            towers=build_section(TowersConfig, "towers", {}, overrides),
+                            method_cfg=build_section(get_method(method).config_cls, method, {}, overrides),
+                            task_cfg=build_section(task.config_cls, task_name, preset.data, overrides),
+                            tags={**plan.tags, **tags},
+                        )
                     )
-                )
     return runs
 
 

@@ -122,3 +122,29 @@ def test_list_prints_methods_tasks_presets(capsys):
     out = capsys.readouterr().out
     for name in ("frozen", "full", "ave", "smoke", "tiny", "paper"):
         assert name in out
+
+
+def test_tune_runs_every_candidate_and_the_table_keeps_one_row(tmp_path):
+    args = [
+        "run",
+        "--methods",
+        "frozen",
+        "--tasks",
+        "ave",
+        "--preset",
+        "smoke",
+        "--device",
+        "cpu",
+        "--set",
+        "measure.enabled=false",
+        "--tune",
+        "train.lr=1e-3,1e-2",
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    records = _records(tmp_path)
+    assert sorted(r["config"]["train"]["lr"] for r in records) == [1e-3, 1e-2]
+    assert {r["tags"]["tuned"] for r in records} == {"train.lr"}
+    csv = (tmp_path / "tables" / "results.csv").read_text().splitlines()
+    assert len(csv) == 2  # header + one row: the val-selected candidate

@@ -53,3 +53,23 @@ def test_markdown_renders_header_rule_and_rows():
     lines = markdown(table).splitlines()
     assert lines[0].startswith("| task | method |") and lines[1].startswith("|---|")
     assert len(lines) == 4
+
+
+def test_tuned_runs_keep_the_best_val_candidate_per_seed():
+    def tuned(lr: str, seed: int, val: float, test: float) -> dict:
+        r = _record("mettle", seed, test, 100.0, 0.1)
+        r["metrics"]["val_accuracy"] = val
+        r["tags"] = {"tuned": "train.lr", "value": lr}
+        return r
+
+    records = [
+        tuned("1e-3", 0, 50.0, 90.0),
+        tuned("1e-2", 0, 60.0, 10.0),
+        tuned("1e-3", 1, 70.0, 30.0),
+        tuned("1e-2", 1, 65.0, 99.0),
+    ]
+    s = summarize(records).set_index("method")
+    # chosen on val: seed 0 -> 1e-2 (test 10), seed 1 -> 1e-3 (test 30); test never decides
+    assert s.loc["mettle", "metric.accuracy"] == pytest.approx(20.0)
+    assert s.loc["mettle", "seeds"] == 2
+    assert s.loc["mettle", "tuned"] == "train.lr=1e-2 train.lr=1e-3"
