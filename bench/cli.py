@@ -1,4 +1,4 @@
-"""Command line: `python -m bench run|table|plot|list`.
+"""Command line: `python -m bench run|table|plot|list|profile|check-budgets|data`.
 
 Exit codes: 0 success, 2 bad usage (unknown name, bad key or value), 1 failure.
 """
@@ -6,6 +6,7 @@ Exit codes: 0 success, 2 bad usage (unknown name, bad key or value), 1 failure.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from bench.presets import PRESETS
 from mettle_core.interface import UnknownNameError
 
 DEFAULT_OUT = Path("results")
+ALL_METHODS = ["frozen", "lora", "lavish", "mettle", "full"]
 
 
 class UsageError(Exception):
@@ -83,7 +85,37 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--mel-bins", type=int, default=64)
 
     sub.add_parser("list", help="list methods, tasks and presets")
+    _add_profile(sub)
+    _add_check_budgets(sub)
     return parser
+
+
+def _add_profile(sub) -> None:
+    prof = sub.add_parser("profile", help="memory, time and FLOPs of one training step per method (random weights)")
+    prof.add_argument("--methods", type=_csv, default=ALL_METHODS, help="comma-separated method names")
+    prof.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
+    prof.add_argument("--task", default="ave", help="task whose head and data shape the step")
+    prof.add_argument("--batch-size", type=int, default=1)
+    prof.add_argument("--segments", type=int, default=10, help="T, segments per video")
+    prof.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    prof.add_argument("--reference", default="lavish", help="method the ratios are relative to")
+    prof.add_argument("--out", type=Path, default=DEFAULT_OUT / "profile")
+    prof.add_argument("--sweep", default=None, metavar="KEY=V1,V2", help="batch-size=1,2,4,8 or segments=1,5,10")
+    prof.add_argument("--budget", default=None, metavar="SIZE", help="report the largest batch that fits, e.g. 24GiB")
+    prof.add_argument("--warmup", type=int, default=2, help="timed-step warm-up iterations")
+    prof.add_argument("--repeats", type=int, default=5, help="timed steps (median)")
+    prof.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+
+def _add_check_budgets(sub) -> None:
+    from bench.budgets import BUDGETS_FILE
+
+    chk = sub.add_parser("check-budgets", help="fail (exit 1) when a method's memory exceeds results/budgets.toml")
+    chk.add_argument("--budgets", type=Path, default=BUDGETS_FILE)
+    chk.add_argument("--presets", type=_csv, default=["smoke", "tiny"])
+    chk.add_argument("--methods", type=_csv, default=ALL_METHODS)
+    chk.add_argument("--update", action="store_true", help="rewrite the budgets with the measured figures")
+    chk.add_argument("--tolerance", type=float, default=None, help="relative slack (default: the file's, or 0.05)")
 
 
 def _data_sources(items: list[str], tasks: list[str]) -> dict[str, str]:
@@ -201,11 +233,115 @@ def cmd_data(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "table": cmd_table, "plot": cmd_plot, "list": cmd_list, "data": cmd_data}
+def _positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+
+
+def cmd_profile(args: argparse.Namespace, console: Console) -> int:
+    from bench.profile import (
+        ProfileSpec,
+        display_table,
+        frame,
+        parse_size,
+        parse_sweep,
+        run_profile,
+        with_ratios,
+        write_report,
+    )
+    from bench.registry import get_method, get_task
+    from bench.train import resolve_device
+
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r} (valid: {', '.join(PRESETS)})")
+    _positive(args, "batch_size", "segments", "repeats")
+    if args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    for name in [*args.methods, args.reference]:
+        get_method(name)
+    get_task(args.task)
+    try:
+        sweep = parse_sweep(args.sweep) if args.sweep else None
+        budget = parse_size(args.budget) if args.budget else None
+        resolve_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(str(err)) from None
+    spec = ProfileSpec(
+        methods=args.methods,
+        preset=args.preset,
+        task=args.task,
+        batch_size=args.batch_size,
+        segments=args.segments,
+        device=args.device,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        reference=args.reference,
+        sweep=sweep,
+        budget=budget,
+        overrides=args.overrides,
+    )
+
+    def progress(r: dict) -> None:
+        shown = f"{r['efficiency']['train_step_s']:.3f}s/step" if r["status"] == "ok" else r["error"]
+        console.print(f"{r['status']} {r['method']} batch {r['batch_size']} T {r['segments']}: {shown}")
+
+    records = run_profile(spec, args.out, args.command_line, args.argv, on_record=progress)
+    paths = write_report(records, spec, args.out, args.command_line)
+    print_table(display_table(with_ratios(frame(records), spec.reference)), console)
+    console.print(f"records: {args.out / 'profile.jsonl'}; report: {', '.join(map(str, paths))}")
+    return 1 if any(r["status"] != "ok" for r in records) else 0
+
+
+def cmd_check_budgets(args: argparse.Namespace, console: Console) -> int:
+    from bench import budgets
+    from bench.registry import get_method
+
+    for name in args.methods:
+        get_method(name)
+    for name in args.presets:
+        if name not in PRESETS:
+            raise UsageError(f"unknown preset {name!r} (valid: {', '.join(PRESETS)})")
+    if not args.update and not args.budgets.is_file():
+        raise UsageError(f"--budgets {args.budgets} does not exist (create it with --update)")
+    stored, tolerance = budgets.load(args.budgets) if args.budgets.is_file() else ({}, budgets.DEFAULT_TOLERANCE)
+    tolerance = tolerance if args.tolerance is None else args.tolerance
+    measured = budgets.measure(args.presets, args.methods)
+    if args.update:
+        for preset, methods in measured.items():
+            stored.setdefault(preset, {}).update(methods)
+        budgets.write(args.budgets, stored, tolerance)
+        console.print(f"budgets written to {args.budgets} (tolerance {tolerance})")
+        return 0
+    excess = budgets.check(measured, stored, tolerance)
+    if not excess:
+        console.print(f"all within budget ({args.budgets}, tolerance {tolerance:.0%})")
+        return 0
+    table = Table("preset", "method", "figure", "measured", "budget", "limit", title="over budget")
+    for e in excess:
+        table.add_row(e.preset, e.method, e.key, str(e.measured), str(e.budget or "none"), str(e.limit or "-"))
+    Console().print(table)
+    methods = sorted({e.method for e in excess})
+    console.print(f"[red]over budget:[/] {', '.join(methods)}; if the growth is intended, rerun with --update")
+    return 1
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "table": cmd_table,
+    "plot": cmd_plot,
+    "list": cmd_list,
+    "data": cmd_data,
+    "profile": cmd_profile,
+    "check-budgets": cmd_check_budgets,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
+    args.command_line = shlex.join(["python", "-m", "bench", *argv])
     console = Console(stderr=True)
     try:
         return COMMANDS[args.command](args, console)

@@ -95,6 +95,13 @@ def tensor_bytes(params: Iterable[torch.Tensor]) -> int:
     return sum(p.numel() * p.element_size() for p in params)
 
 
+def train_memory_estimate(params: list[torch.Tensor], trainable: list[torch.Tensor], activations: int) -> int:
+    """Weights + gradients + AdamW state (exp_avg, exp_avg_sq) + saved activations:
+    what one training step needs resident, device-independent."""
+    state_per_param = 2
+    return tensor_bytes(params) + tensor_bytes(trainable) * (1 + state_per_param) + activations
+
+
 def measure_efficiency(
     model: nn.Module,
     encoder: nn.Module,
@@ -120,10 +127,7 @@ def measure_efficiency(
     model.zero_grad(set_to_none=True)
     out["activation_bytes"] = activation_bytes(loss_fn, exclude)
     optimizer = make_optimizer()
-    state_per_param = 2  # AdamW: exp_avg and exp_avg_sq
-    out["train_mem_bytes_est"] = (
-        tensor_bytes(params) + tensor_bytes(trainable) * (1 + state_per_param) + out["activation_bytes"]
-    )
+    out["train_mem_bytes_est"] = train_memory_estimate(params, trainable, out["activation_bytes"])
     out["flops_per_step"] = flops_per_step(loss_fn)
     model.zero_grad(set_to_none=True)
 

@@ -1,0 +1,440 @@
+"""Efficiency profiling of one training step per method, at any preset, with random weights.
+
+Memory comes from its own pass (saved-tensor bytes, then the training-memory estimate,
+and on CUDA the allocator's peaks); time is the median of repeats after warm-up. The
+record of each (method, batch size, segments) point is appended to OUT/profile.jsonl;
+the Markdown table and the figure are rewritten from the points of this invocation.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from bench.config import ConfigError, ResolvedRun  # noqa: E402
+from bench.measure import (  # noqa: E402
+    activation_bytes,
+    cuda_peak_bytes,
+    flops_per_step,
+    median_seconds,
+    train_memory_estimate,
+)
+from bench.presets import Preset, get_preset  # noqa: E402
+from bench.registry import get_task  # noqa: E402
+from bench.report import markdown  # noqa: E402
+from bench.results import ResultsStore, atomic_write_text, environment, git_state, new_record  # noqa: E402
+from bench.runner import RunPlan, resolve  # noqa: E402
+from bench.tasks.base import Batch, TaskModel  # noqa: E402
+from bench.train import build_model, param_groups, resolve_device, to_device  # noqa: E402
+from mettle_core.encoder import MettleEncoder, kept_feature_bytes  # noqa: E402
+
+MIB = 2**20
+SWEEP_KEYS = ("batch-size", "segments")
+RANDOM_TOWERS = ["towers.audio=random", "towers.visual=random", "towers.shared=random"]
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+MAX_BATCH = 4096  # the CUDA budget search stops here even without an OOM
+
+
+def parse_size(text: str) -> int:
+    """'24GiB', '512MiB', '1e9', '2GB' -> bytes (binary and decimal units)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", text)
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"bad size {text!r}: expected a number with an optional unit (e.g. 24GiB, 512MiB, 1e9)")
+    value = float(m.group(1)) * _UNITS[m.group(2).lower()]
+    if value <= 0:
+        raise ValueError(f"bad size {text!r}: must be > 0")
+    return int(value)
+
+
+def parse_sweep(text: str) -> tuple[str, list[int]]:
+    """'batch-size=1,2,4' -> ('batch-size', [1, 2, 4])."""
+    key, _, values = text.partition("=")
+    if key not in SWEEP_KEYS:
+        raise ValueError(f"--sweep {text!r}: unknown key {key!r} (valid: {', '.join(SWEEP_KEYS)})")
+    try:
+        points = [int(v) for v in values.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--sweep {text!r}: values must be comma-separated integers") from None
+    if not points or min(points) <= 0:
+        raise ValueError(f"--sweep {text!r}: give one or more positive integers")
+    return key, points
+
+
+@dataclass
+class ProfileSpec:
+    methods: list[str]
+    preset: str = "tiny"
+    task: str = "ave"
+    batch_size: int = 1
+    segments: int = 10
+    device: str = "auto"
+    warmup: int = 2
+    repeats: int = 5
+    reference: str = "lavish"
+    sweep: tuple[str, list[int]] | None = None
+    budget: int | None = None  # bytes
+    overrides: list[str] = field(default_factory=list)
+
+    def points(self) -> list[tuple[int, int]]:
+        """(batch size, segments) per profiled point."""
+        if self.sweep is None:
+            return [(self.batch_size, self.segments)]
+        key, values = self.sweep
+        return [(v, self.segments) if key == "batch-size" else (self.batch_size, v) for v in values]
+
+
+def resolve_point(spec: ProfileSpec, method: str, batch_size: int, segments: int) -> ResolvedRun:
+    """The run config of one point, through the runner's resolver (same names, same checks)."""
+    cfg_fields = get_task(spec.task).config_cls.__dataclass_fields__
+    if "segments" not in cfg_fields and spec.sweep is not None and spec.sweep[0] == "segments":
+        raise ConfigError(f"--sweep segments: task {spec.task!r} has a fixed number of frames")
+    sizes = [f"{spec.task}.{k}={v}" for k, v in (("num_train", batch_size), ("num_val", 1), ("num_test", 1))]
+    seg = [f"{spec.task}.segments={segments}"] if "segments" in cfg_fields else []
+    overrides = [
+        *RANDOM_TOWERS,
+        *sizes,
+        *seg,
+        f"train.batch_size={batch_size}",
+        f"measure.warmup={spec.warmup}",
+        f"measure.repeats={spec.repeats}",
+        *spec.overrides,
+    ]
+    plan = RunPlan(methods=[method], tasks=[spec.task], preset=spec.preset, device=spec.device, overrides=overrides)
+    return resolve(plan)[0]
+
+
+@dataclass
+class Step:
+    """A built model with one batch of the task's synthetic data (random weights)."""
+
+    model: TaskModel
+    batch: Batch
+    loss_fn: Callable[[], torch.Tensor]
+    make_optimizer: Callable[[], torch.optim.Optimizer]
+
+    @property
+    def inputs(self) -> list[torch.Tensor]:
+        return list(self.batch.values())
+
+
+def build_step(run: ResolvedRun, preset: Preset, device: torch.device) -> Step:
+    """The task's synthetic data only shapes the batch; values do not change memory or time."""
+    task = get_task(run.task)
+    batch = to_device(task.synthetic(run.task_cfg, preset.shape)["train"].tensors, device)
+    model = build_model(run, preset, task).to(device)
+    model.train()
+
+    def loss_fn() -> torch.Tensor:
+        return task.loss(model(batch["audio"], batch["visual"]), batch)
+
+    def make_optimizer() -> torch.optim.Optimizer:
+        return torch.optim.AdamW(param_groups(model, run), weight_decay=run.train.weight_decay)
+
+    return Step(model, batch, loss_fn, make_optimizer)
+
+
+def memory_figures(step: Step) -> dict[str, Any]:
+    """Parameters, saved-activation bytes, the training-memory estimate and, for Mettle,
+    its memory floor (the kept frozen features); one forward pass, freed on return."""
+    params = list(step.model.parameters())
+    trainable = [p for p in params if p.requires_grad]
+    out: dict[str, Any] = {
+        "trainable_params": sum(p.numel() for p in trainable),
+        "encoder_trainable_params": sum(p.numel() for p in step.model.encoder.parameters() if p.requires_grad),
+        "total_params": sum(p.numel() for p in params),
+    }
+    out["activation_bytes"] = activation_bytes(step.loss_fn, [*params, *step.model.buffers(), *step.inputs])
+    out["train_mem_bytes_est"] = train_memory_estimate(params, trainable, out["activation_bytes"])
+    if isinstance(step.model.encoder, MettleEncoder):
+        out["memory_floor_bytes"] = kept_feature_bytes(step.model.encoder, step.batch["audio"], step.batch["visual"])
+    gc.collect()
+    return out
+
+
+def profile_step(step: Step, device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
+    """Memory pass first (freed), then FLOPs, then the CUDA peaks, then timing."""
+    out = memory_figures(step)
+    out["flops_per_step"] = flops_per_step(step.loss_fn)
+    step.model.zero_grad(set_to_none=True)
+    optimizer = step.make_optimizer()
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        step.loss_fn().backward()
+        optimizer.step()
+
+    if device.type == "cuda":
+        train_step()  # optimizer state exists before the peak pass, as in training
+        out.update(cuda_peak_bytes(train_step, device))
+    batch_size = step.batch["audio"].shape[0]
+    out["train_step_s"] = median_seconds(train_step, device, warmup, repeats)
+    out["train_samples_per_s"] = batch_size / out["train_step_s"]
+    return out
+
+
+def _one_step(step: Step, device: torch.device) -> None:
+    optimizer = step.make_optimizer()
+    step.loss_fn().backward()
+    optimizer.step()
+    torch.cuda.synchronize(device)
+
+
+def _fits_on_cuda(spec: ProfileSpec, method: str, preset: Preset, device: torch.device, batch_size: int) -> bool:
+    try:
+        _one_step(build_step(resolve_point(spec, method, batch_size, spec.segments), preset, device), device)
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:  # the step's tensors are unreachable now: release them before the next try
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def largest_batch(spec: ProfileSpec, method: str, preset: Preset, device: torch.device) -> dict[str, Any]:
+    """Largest batch whose training step fits in `spec.budget` bytes.
+
+    CPU: train_mem_bytes_est is affine in the batch size (weights and optimizer state are
+    fixed, activations grow per sample), so two memory passes (batch 1 and 2) give the
+    fixed part and the per-sample slope. CUDA: the process is capped at the budget and
+    real steps are tried, doubling the batch until OOM, then bisecting.
+    """
+    assert spec.budget is not None
+    if device.type != "cuda":
+        est = [
+            memory_figures(build_step(resolve_point(spec, method, b, spec.segments), preset, device))[
+                "train_mem_bytes_est"
+            ]
+            for b in (1, 2)
+        ]
+        per_sample, fixed = est[1] - est[0], 2 * est[0] - est[1]
+        fits = math.floor((spec.budget - fixed) / per_sample) if per_sample > 0 else MAX_BATCH
+        return {
+            "budget_bytes": spec.budget,
+            "budget_max_batch": max(0, min(fits, MAX_BATCH)),
+            "budget_method": "linear fit of train_mem_bytes_est at batch 1 and 2",
+            "budget_fixed_bytes": fixed,
+            "budget_per_sample_bytes": per_sample,
+        }
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, spec.budget / total), device)
+    try:
+        ok, bad = 0, None
+        b = 1
+        while b <= MAX_BATCH and _fits_on_cuda(spec, method, preset, device, b):
+            ok, b = b, b * 2
+        bad = b if b <= MAX_BATCH else None
+        while bad is not None and bad - ok > 1:
+            mid = (ok + bad) // 2
+            ok, bad = (mid, bad) if _fits_on_cuda(spec, method, preset, device, mid) else (ok, mid)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+    return {"budget_bytes": spec.budget, "budget_max_batch": ok, "budget_method": "CUDA steps until OOM, bisected"}
+
+
+def profile_point(
+    spec: ProfileSpec, method: str, batch_size: int, segments: int, command: str, argv: list[str]
+) -> dict[str, Any]:
+    """One record; OOM and other failures end the point with a status, not the profile."""
+    preset = get_preset(spec.preset)
+    run = resolve_point(spec, method, batch_size, segments)
+    device = resolve_device(spec.device)
+    start = time.perf_counter()
+    status, error, efficiency, extra = "ok", None, {}, {}
+    try:
+        efficiency = profile_step(build_step(run, preset, device), device, spec.warmup, spec.repeats)
+        gc.collect()
+        if spec.budget is not None:
+            efficiency.update(largest_batch(spec, method, preset, device))
+    except torch.OutOfMemoryError as err:
+        status, error = "oom", str(err).splitlines()[0]
+    except Exception as err:  # a failed point is recorded; the profile goes on
+        status, error = "error", f"{type(err).__name__}: {err}"
+        extra = {"traceback": traceback.format_exc(limit=8)}
+    finally:
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return new_record(
+        kind="profile",
+        method=method,
+        task=spec.task,
+        preset=spec.preset,
+        batch_size=batch_size,
+        segments=getattr(run.task_cfg, "segments", None),  # None: the task fixes its frames
+        sweep=spec.sweep[0] if spec.sweep else None,
+        reference=spec.reference,
+        status=status,
+        error=error,
+        efficiency=efficiency,
+        config=run.to_dict(),
+        command=command,
+        argv=argv,
+        env=environment(device),
+        cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+        git=git_state(),
+        wall_s=time.perf_counter() - start,
+        **extra,
+    )
+
+
+TABLE_COLUMNS = {  # efficiency key -> (label, scale, digits)
+    "trainable_params": ("trainable params (M)", 1e-6, 3),
+    "activation_bytes": ("act. mem (MiB)", 1 / MIB, 1),
+    "memory_floor_bytes": ("Mettle floor (MiB)", 1 / MIB, 1),
+    "train_mem_bytes_est": ("train mem est. (MiB)", 1 / MIB, 1),
+    "cuda_peak_allocated_bytes": ("CUDA peak alloc. (MiB)", 1 / MIB, 1),
+    "cuda_peak_reserved_bytes": ("CUDA peak reserved (MiB)", 1 / MIB, 1),
+    "train_step_s": ("step (ms)", 1e3, 1),
+    "train_samples_per_s": ("samples/s", 1.0, 2),
+    "flops_per_step": ("GFLOPs/step", 1e-9, 1),
+    "budget_max_batch": ("max batch in budget", 1, 0),
+}
+
+
+def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    rows = [
+        {"method": r["method"], "batch": r["batch_size"], "T": r["segments"], **r["efficiency"]}
+        for r in records
+        if r["status"] == "ok"
+    ]
+    return pd.DataFrame(rows)
+
+
+def with_ratios(df: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Memory (CUDA peak when measured, else the estimate) and step time over the
+    reference method's at the same point; activations over Mettle's floor."""
+    if df.empty:
+        return df
+    df = df.copy()
+    ref = df[df["method"] == reference].set_index(["batch", "T"])
+    keys = pd.MultiIndex.from_frame(df[["batch", "T"]])
+    for col, name in (("train_mem_bytes_est", "mem / ref"), ("cuda_peak_allocated_bytes", "CUDA peak / ref")):
+        if col in df and col in ref:
+            df[name] = df[col].to_numpy() / ref[col].reindex(keys).to_numpy()
+    df["time / ref"] = df["train_step_s"].to_numpy() / (
+        ref["train_step_s"].reindex(keys).to_numpy() if "train_step_s" in ref else float("nan")
+    )
+    if "memory_floor_bytes" in df:
+        df["act / floor"] = df["activation_bytes"] / df["memory_floor_bytes"]
+    return df
+
+
+def display_table(df: pd.DataFrame) -> pd.DataFrame:
+    out = df[["method", "batch", "T"]].copy()
+    for col, (label, scale, digits) in TABLE_COLUMNS.items():
+        if col in df and df[col].notna().any():
+            out[label] = (df[col] * scale).round(digits)
+    for col in ("act / floor", "mem / ref", "CUDA peak / ref", "time / ref"):
+        if col in df and df[col].notna().any():
+            out[col] = df[col].round(3)
+    return out.map(lambda v: "" if pd.isna(v) else str(v))
+
+
+def write_report(records: list[dict[str, Any]], spec: ProfileSpec, out_dir: Path, command: str) -> list[Path]:
+    """OUT/profile.md and OUT/profile.png from this invocation's records."""
+    df = with_ratios(frame(records), spec.reference)
+    failed = [
+        f"- {r['method']} (batch {r['batch_size']}, T {r['segments']}): {r['status']}: {r['error']}"
+        for r in records
+        if r["status"] != "ok"
+    ]
+    env = records[0]["env"] if records else {}
+    lines = [
+        f"# Profile: preset `{spec.preset}`, task `{spec.task}`, device {env.get('device')} ({env.get('device_name')})",
+        "",
+        f"Command: `{command}`",
+        "",
+        markdown(display_table(df)) if not df.empty else "no finished points",
+        "",
+        f"One training step with random weights; ratios are relative to `{spec.reference}` at the same point. "
+        "Memory: saved-for-backward bytes (`act. mem`) and weights + gradients + AdamW state + activations "
+        "(`train mem est.`), measured in a pass of its own. Mettle floor: the per-layer features LCD keeps, at the "
+        f"kept dtype. Time: median of {spec.repeats} steps after {spec.warmup} warm-up steps.",
+    ]
+    if "budget_max_batch" in df:
+        lines.append(f"Max batch in budget ({spec.budget} bytes): {records[0]['efficiency'].get('budget_method', '')}.")
+    if failed:
+        lines += ["", "Failed points:", *failed]
+    paths = [out_dir / "profile.md"]
+    atomic_write_text(paths[0], "\n".join(lines) + "\n")
+    if not df.empty:
+        paths.append(_figure(df, spec, out_dir / "profile.png"))
+    return paths
+
+
+def _figure(df: pd.DataFrame, spec: ProfileSpec, path: Path) -> Path:
+    mem_col = "cuda_peak_allocated_bytes" if "cuda_peak_allocated_bytes" in df else "train_mem_bytes_est"
+    mem_label = "CUDA peak allocated (MiB)" if mem_col != "train_mem_bytes_est" else "estimated training memory (MiB)"
+    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8))
+    if spec.sweep is None:
+        ax_m.bar(df["method"], df[mem_col] / MIB, label=mem_label)
+        ax_m.bar(df["method"], df["activation_bytes"] / MIB, label="activations")
+        if "memory_floor_bytes" in df:
+            floor = df["memory_floor_bytes"] / MIB
+            ax_m.scatter(df["method"], floor, marker="_", s=400, color="black", zorder=3, label="Mettle floor")
+        ax_t.bar(df["method"], df["train_step_s"] * 1e3)
+        for ax in (ax_m, ax_t):
+            ax.tick_params(axis="x", rotation=30)
+        ax_m.set_yscale("log")
+    else:
+        x = "batch" if spec.sweep[0] == "batch-size" else "T"
+        for method, part in df.groupby("method", sort=False):
+            part = part.sort_values(x)
+            ax_m.plot(part[x], part[mem_col] / MIB, "o-", label=method)
+            ax_t.plot(part[x], part["train_step_s"] * 1e3, "o-", label=method)
+        for ax in (ax_m, ax_t):
+            ax.set_xlabel("batch size" if x == "batch" else "segments")
+            ax.set_yscale("log")
+    ax_m.set_ylabel("MiB")
+    ax_m.set_title(mem_label)
+    ax_m.legend(fontsize=7)
+    ax_t.set_ylabel("ms")
+    ax_t.set_title("median training step")
+    if spec.sweep is not None:
+        ax_t.legend(fontsize=7)
+    fig.suptitle(f"{spec.preset} preset, task {spec.task}", fontsize=9)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def run_profile(
+    spec: ProfileSpec,
+    out_dir: Path,
+    command: str,
+    argv: list[str],
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Profile every (point, method), appending each record as it finishes."""
+    for method in spec.methods:  # bad names and overrides fail before any work
+        for b, t in spec.points():
+            resolve_point(spec, method, b, t)
+    store = ResultsStore(out_dir, "profile.jsonl")
+    records = []
+    for b, t in spec.points():
+        for method in spec.methods:
+            record = profile_point(spec, method, b, t, command, argv)
+            store.append(record)
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+    return records

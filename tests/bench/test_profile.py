@@ -1,0 +1,109 @@
+"""`python -m bench profile` and `check-budgets` on the smoke preset (seconds each)."""
+
+from pathlib import Path
+
+import pytest
+
+from bench.budgets import load, write
+from bench.cli import main
+from bench.profile import parse_size, parse_sweep
+from bench.results import ResultsStore
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILE = ["profile", "--preset", "smoke", "--device", "cpu", "--warmup", "0", "--repeats", "1"]
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("profile")
+    assert main([*PROFILE, "--methods", "lavish,mettle", "--out", str(out)]) == 0
+    return out
+
+
+def test_profile_writes_records_table_and_figure(profiled):
+    records = ResultsStore(profiled, "profile.jsonl").load().records
+    assert [r["method"] for r in records] == ["lavish", "mettle"]
+    assert all(r["status"] == "ok" and r["command"].startswith("python -m bench profile") for r in records)
+    mettle = records[1]["efficiency"]
+    assert 0 < mettle["memory_floor_bytes"] <= mettle["activation_bytes"]
+    assert {"train_mem_bytes_est", "train_step_s", "flops_per_step", "trainable_params"} <= set(mettle)
+    assert (profiled / "profile.png").stat().st_size > 0
+
+
+def test_table_has_ratio_and_floor_columns(profiled):
+    lines = (profiled / "profile.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| method"))
+    for column in ("mem / ref", "time / ref", "Mettle floor (MiB)", "act / floor", "GFLOPs/step", "samples/s"):
+        assert column in header
+    lavish = next(line for line in lines if line.startswith("| lavish"))
+    assert lavish.split(" | ")[header.split(" | ").index("mem / ref")] == "1.0"
+
+
+def test_sweep_gives_one_record_per_point(tmp_path):
+    assert main([*PROFILE, "--methods", "mettle", "--sweep", "batch-size=1,2", "--out", str(tmp_path)]) == 0
+    records = ResultsStore(tmp_path, "profile.jsonl").load().records
+    assert [(r["batch_size"], r["sweep"]) for r in records] == [(1, "batch-size"), (2, "batch-size")]
+    assert (tmp_path / "profile.png").exists()
+
+
+def test_budget_reports_the_largest_batch_on_cpu(tmp_path):
+    assert main([*PROFILE, "--methods", "mettle", "--budget", "64MiB", "--out", str(tmp_path)]) == 0
+    eff = ResultsStore(tmp_path, "profile.jsonl").load().records[0]["efficiency"]
+    assert eff["budget_per_sample_bytes"] > 0
+    fixed, per = eff["budget_fixed_bytes"], eff["budget_per_sample_bytes"]
+    assert fixed + eff["budget_max_batch"] * per <= 64 * 2**20 < fixed + (eff["budget_max_batch"] + 1) * per
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("24GiB", 24 * 2**30), ("512MiB", 512 * 2**20), ("1e9", 10**9), ("2GB", 2 * 10**9), ("1.5 KiB", 1536)],
+)
+def test_parse_size(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["24 GiBs", "", "-1GiB", "GiB", "0"])
+def test_parse_size_rejects(text):
+    with pytest.raises(ValueError, match="bad size"):
+        parse_size(text)
+
+
+def test_parse_sweep():
+    assert parse_sweep("segments=1,5,10") == ("segments", [1, 5, 10])
+    with pytest.raises(ValueError, match="unknown key 'batch'"):
+        parse_sweep("batch=1,2")
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["--methods", "mettle,nope"], "nope"),
+        (["--sweep", "width=1,2"], "width"),
+        (["--budget", "24 parsecs"], "24 parsecs"),
+        (["--reference", "lavsh"], "lavsh"),
+    ],
+)
+def test_bad_usage_exits_2_naming_the_item(tmp_path, capsys, args, named):
+    assert main([*PROFILE, "--out", str(tmp_path), *args]) == 2
+    assert named in capsys.readouterr().err
+    assert not (tmp_path / "profile.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_committed_budgets_hold_on_smoke_and_tiny():
+    """CI fails here when a change inflates a method's memory on smoke or tiny."""
+    assert main(["check-budgets", "--budgets", str(REPO / "results" / "budgets.toml")]) == 0
+
+
+def test_check_budgets_fails_naming_the_method_over_budget(tmp_path, capsys):
+    budgets = tmp_path / "budgets.toml"
+    base = ["check-budgets", "--budgets", str(budgets), "--presets", "smoke", "--methods", "frozen,mettle"]
+    assert main([*base, "--update"]) == 0
+    assert main(base) == 0  # the measured figures are within their own budget
+    figures, tolerance = load(budgets)
+    assert tolerance == 0.05
+    figures["smoke"]["mettle"]["activation_bytes"] = 1
+    write(budgets, figures, tolerance)
+    capsys.readouterr()
+    assert main(base) == 1
+    assert "over budget: mettle;" in capsys.readouterr().err
