@@ -122,6 +122,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from bench.registry import task_names
     from bench.report import write_figures, write_tables
     from bench.runner import RunPlan, execute, resolve
+    from bench.train import distributed, is_main_process
 
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r} (valid: {', '.join(PRESETS)})")
@@ -137,7 +138,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         force=args.force,
     )
     resolve(plan)  # usage errors surface before any work
-    records = execute(plan, args.out, console)
+    with distributed(args.device):
+        records = execute(plan, args.out, console if is_main_process() else Console(quiet=True))
+    if not is_main_process():
+        return 0
     table = write_tables(records, args.out)
     figures = write_figures(records, args.out)
     print_table(table, console)
