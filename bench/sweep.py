@@ -155,6 +155,8 @@ def make_storage(url: str | None, out: Path, heartbeat: int = 30) -> BaseStorage
     (default OUT/optuna.journal). Both fail trials silent for 3 heartbeats and retry them."""
     retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     if url and "://" in url:
+        if url.startswith("postgresql://"):  # the driver of the `postgres` extra, whatever SQLAlchemy's default
+            url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
         return RDBStorage(
             url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat, heartbeat_stale_trial_callback=retry
         )
