@@ -309,7 +309,7 @@ def write_study_figures(
         figures.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(5, 0.5 + 0.5 * len(importances)))
         ax.barh(list(importances), list(importances.values()))
-        ax.set_xlabel(f"importance for {metric or 'the first objective'} (fANOVA)")
+        ax.set_xlabel(f"importance for {metric or 'the first objective'} (optuna default evaluator)")
         fig.tight_layout()
         paths.append(_save(fig, figures / f"ablation_{study}_importance.png"))
     return paths
