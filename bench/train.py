@@ -157,7 +157,7 @@ def train_run(
         device = torch.device("cuda", torch.cuda.current_device())
     model = build_model(run, preset, task).to(device)
     # DDP averages gradients over ranks; every rank evaluates the whole val/test split itself.
-    # Methods may leave trainable parameters out of a step (e.g. Mettle's `last` aggregation).
+    # A method may leave some trainable parameters out of a step; DDP must not wait for their grads.
     trained = DistributedDataParallel(model, find_unused_parameters=True) if dist.is_initialized() else model
     cfg = run.train
     amp = (
