@@ -1,4 +1,4 @@
-"""Command line: `python -m bench run|table|plot|list|profile|check-budgets|data`.
+"""Command line: `python -m bench run|sweep|table|plot|list|profile|check-budgets|data`.
 
 Exit codes: 0 success, 2 bad usage (unknown name, bad key or value), 1 failure.
 """
@@ -71,10 +71,37 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--force", action="store_true", help="rerun runs that already finished")
 
+    sweep = sub.add_parser("sweep", help="ablation grids and multi-objective studies (optuna), one run per trial")
+    sweep.add_argument("--study-file", type=Path, default=None, help="a ready-made study, e.g. bench/studies/*.toml")
+    sweep.add_argument("--method", default=None)
+    sweep.add_argument("--task", default=None)
+    sweep.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: tiny)")
+    sweep.add_argument("--seeds", type=_seeds, default=None, help="seeds per trial (default: 0)")
+    sweep.add_argument(
+        "--grid", action="append", default=[], metavar="KEY=V1,V2", help="swept values, e.g. mettle.num_tokens=1,2"
+    )
+    sweep.add_argument("--trials", type=int, default=None, help="sample N points of the grid instead of all of them")
+    sweep.add_argument(
+        "--objectives", default=None, help="key:max|min,... from metrics/efficiency (default: metric:max,memory:min)"
+    )
+    sweep.add_argument("--max-memory", type=float, default=None, metavar="BYTES", help="cap on train_mem_bytes_est")
+    sweep.add_argument("--study", default=None, help="study name; workers with the same name and storage join it")
+    sweep.add_argument(
+        "--storage", default=None, help="postgresql://... or a journal file (default OUT/optuna.journal)"
+    )
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine")
+    sweep.add_argument("--heartbeat", type=int, default=30, help="seconds; a trial silent for 3 is failed and retried")
+    sweep.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    sweep.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     for name, text in (("table", "write tables from OUT/runs.jsonl"), ("plot", "write figures from OUT/runs.jsonl")):
         p = sub.add_parser(name, help=text)
         p.add_argument("--out", type=Path, default=DEFAULT_OUT)
         p.add_argument("--reference", default=None, help="method the ratios are relative to")
+        p.add_argument("--study", default=None, help="the ablation of one sweep study instead of the method table")
+        if name == "plot":
+            p.add_argument("--storage", default=None, help="the study's storage, for parameter importance")
 
     data = sub.add_parser("data", help="prepare real datasets").add_subparsers(dest="data_command", required=True)
     prep = data.add_parser("prepare", help="decode raw videos into the layout the loaders read (resumable)")
@@ -134,6 +161,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from bench.registry import task_names
     from bench.report import write_figures, write_tables
     from bench.runner import RunPlan, execute, resolve
+    from bench.train import distributed, is_main_process
 
     if args.preset not in PRESETS:
         raise UsageError(f"unknown preset {args.preset!r} (valid: {', '.join(PRESETS)})")
@@ -150,7 +178,10 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         tune=args.tune,
     )
     resolve(plan)  # usage errors surface before any work
-    records = execute(plan, args.out, console)
+    with distributed(args.device):
+        records = execute(plan, args.out, console if is_main_process() else Console(quiet=True))
+    if not is_main_process():
+        return 0
     table = write_tables(records, args.out)
     figures = write_figures(records, args.out)
     print_table(table, console)
@@ -162,6 +193,68 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     for r in failed:
         console.print(f"[red]{r['status']}[/] {r['method']} / {r['task']} / seed {r['seed']}: {r['error']}")
     return 1 if failed else 0
+
+
+def sweep_spec(args: argparse.Namespace):
+    """The study file gives defaults; flags given on the command line win (`--set` adds)."""
+    from bench.sweep import SweepSpec, load_study_file, parse_grid, parse_objectives
+
+    data = load_study_file(args.study_file) if args.study_file else {}
+    method, task = args.method or data.get("method"), args.task or data.get("task")
+    if not method or not task:
+        raise UsageError("sweep needs --method and --task (or --study-file)")
+    preset = args.preset or data.get("preset", "tiny")
+    if preset not in PRESETS:
+        raise UsageError(f"unknown preset {preset!r} (valid: {', '.join(PRESETS)})")
+    objectives = args.objectives or data.get("objectives")
+    return SweepSpec(
+        method=method,
+        task=task,
+        grid=parse_grid(args.grid) if args.grid else data.get("grid", {}),
+        preset=preset,
+        overrides=[*data.get("set", []), *args.overrides],
+        seeds=args.seeds or data.get("seeds", [0]),
+        trials=args.trials or data.get("trials"),
+        objectives=parse_objectives(objectives) if objectives else [],
+        max_memory=args.max_memory,
+        study=args.study or data.get("study", ""),
+        device=args.device,
+    )
+
+
+def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
+    from optuna.trial import TrialState
+
+    from bench.report import write_study_tables
+    from bench.runner import RunPlan, resolve
+    from bench.sweep import make_storage, open_study, run_worker, spawn_workers
+
+    spec = sweep_spec(args)
+    first = {k: v[0] for k, v in spec.grid.items()}
+    resolve(RunPlan([spec.method], [spec.task], spec.preset, overrides=[*spec.overrides, *_pairs(first)]))
+    storage = make_storage(args.storage, args.out, args.heartbeat)
+    if args.workers > 1:
+        open_study(spec, storage)  # created once, before the workers race to create it
+        code = spawn_workers(args.argv, args.workers)
+        study = open_study(spec, storage)
+    else:
+        study = run_worker(spec, storage, args.out, console)
+        code = 0
+    trials = study.get_trials(deepcopy=False)
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            console.print(f"[red]failed[/] trial {t.number} {t.params}: {t.user_attrs.get('error', 'worker lost')}")
+    table = write_study_tables(_load_records(args.out, console), args.out, spec.study)
+    print_table(table, console)
+    console.print(
+        f"study {spec.study}: {sum(t.state == TrialState.COMPLETE for t in trials)} complete; tables in "
+        f"{args.out / 'tables'}"
+    )
+    return code or int(any(t.state == TrialState.FAIL and "error" in t.user_attrs for t in trials))
+
+
+def _pairs(values: dict) -> list[str]:
+    return [f"{k}={v}" for k, v in values.items()]
 
 
 def print_table(table, console: Console) -> None:
@@ -189,20 +282,48 @@ def _load_records(out: Path, console: Console) -> list[dict]:
 
 
 def cmd_table(args: argparse.Namespace, console: Console) -> int:
-    from bench.report import write_tables
+    from bench.report import write_study_tables, write_tables
 
-    table = write_tables(_load_records(args.out, console), args.out, reference=args.reference)
+    records = _load_records(args.out, console)
+    if args.study:
+        table = write_study_tables(records, args.out, args.study)
+        if table.empty:
+            raise UsageError(f"no records of study {args.study!r} in {args.out / 'runs.jsonl'}")
+    else:
+        table = write_tables(records, args.out, reference=args.reference)
     print_table(table, console)
     console.print(f"tables written to {args.out / 'tables'}")
     return 0
 
 
 def cmd_plot(args: argparse.Namespace, console: Console) -> int:
-    from bench.report import write_figures
+    from bench.report import write_figures, write_study_figures
 
-    paths = write_figures(_load_records(args.out, console), args.out)
+    records = _load_records(args.out, console)
+    if args.study:
+        paths = write_study_figures(records, args.out, args.study, _importances(args, console))
+    else:
+        paths = write_figures(records, args.out)
     console.print("figures: " + (", ".join(map(str, paths)) or "none (no finished runs with efficiency)"))
     return 0
+
+
+def _importances(args: argparse.Namespace, console: Console) -> dict[str, float] | None:
+    """optuna's parameter importance for the first objective, when the study's storage is
+    at hand and it has enough complete trials; None otherwise (said why)."""
+    import optuna
+
+    from bench.sweep import make_storage
+
+    if args.storage is None and not (args.out / "optuna.journal").is_file():
+        console.print("no study storage found (pass --storage); parameter importance skipped")
+        return None
+    try:
+        study = optuna.load_study(study_name=args.study, storage=make_storage(args.storage, args.out))
+        return optuna.importance.get_param_importances(study, target=lambda t: t.values[0])
+    except (KeyError, ValueError, RuntimeError) as err:
+        console.print(f"parameter importance skipped: {err}")
+        return None
 
 
 def cmd_list(args: argparse.Namespace, console: Console) -> int:
@@ -328,6 +449,7 @@ def cmd_check_budgets(args: argparse.Namespace, console: Console) -> int:
 
 COMMANDS = {
     "run": cmd_run,
+    "sweep": cmd_sweep,
     "table": cmd_table,
     "plot": cmd_plot,
     "list": cmd_list,
@@ -340,7 +462,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    args.argv = argv
+    args.argv = list(argv)  # `sweep --workers N` reruns itself
     args.command_line = shlex.join(["python", "-m", "bench", *argv])
     console = Console(stderr=True)
     try:

@@ -29,7 +29,7 @@ from bench.presets import Preset, get_preset
 from bench.registry import METHODS, get_method, get_task, task_names
 from bench.results import ResultsStore, environment, git_state, new_record, run_key
 from bench.tasks.base import DataShape
-from bench.train import NonFiniteLoss, resolve_device, train_run
+from bench.train import NonFiniteLoss, is_main_process, resolve_device, train_run
 
 
 @dataclass
@@ -146,7 +146,8 @@ def execute(
             steps = progress.add_task(label, total=None)
             record = run_one(run, preset, cache, key, lambda d, t, s=steps: progress.update(s, completed=d, total=t))
             progress.remove_task(steps)
-            store.append(record)
+            if is_main_process():  # under torchrun every rank has the same record; one is kept
+                store.append(record)
             records.append(record)
             if on_record is not None:
                 on_record(record)

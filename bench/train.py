@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from bench.config import ResolvedRun
@@ -38,6 +41,44 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for but CUDA is not available")
     return torch.device(name)
+
+
+def world_size() -> int:
+    """Processes of this run: torchrun sets WORLD_SIZE; 1 otherwise."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Only rank 0 writes records, tables and figures."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@contextmanager
+def distributed(device_name: str) -> Iterator[None]:
+    """Under torchrun (WORLD_SIZE > 1): one process group for all runs of the command,
+    gloo on CPU, nccl on CUDA with one GPU per local rank. A no-op otherwise."""
+    if world_size() == 1:
+        yield
+        return
+    cuda = resolve_device(device_name).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def shard(batch: Batch) -> tuple[Batch, float]:
+    """This rank's slice of a global batch, and the loss scale that makes DDP's gradient
+    average equal the gradient of the whole batch's mean loss when slices differ in size."""
+    if not dist.is_initialized():
+        return batch, 1.0
+    rank, world = dist.get_rank(), dist.get_world_size()
+    total = next(iter(batch.values())).shape[0]
+    local = {k: v.tensor_split(world)[rank] for k, v in batch.items()}
+    return local, next(iter(local.values())).shape[0] * world / total
 
 
 def iterate(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator) -> Iterator[Batch]:
@@ -112,7 +153,12 @@ def train_run(
     test metrics with it, then measure efficiency on one training batch."""
     task = get_task(run.task)
     device = resolve_device(run.device)
+    if device.type == "cuda" and dist.is_initialized():
+        device = torch.device("cuda", torch.cuda.current_device())
     model = build_model(run, preset, task).to(device)
+    # DDP averages gradients over ranks; every rank evaluates the whole val/test split itself.
+    # A method may leave some trainable parameters out of a step; DDP must not wait for their grads.
+    trained = DistributedDataParallel(model, find_unused_parameters=True) if dist.is_initialized() else model
     cfg = run.train
     amp = (
         (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
@@ -127,11 +173,11 @@ def train_run(
     for epoch in range(cfg.epochs):
         model.train()
         for i, batch in enumerate(iterate(datasets["train"], cfg.batch_size, True, gen)):
-            batch = to_device(batch, device)
+            batch, scale = shard(to_device(batch, device))
             with amp():
-                loss = task.loss(model(batch["audio"], batch["visual"]), batch)
+                loss = task.loss(trained(batch["audio"], batch["visual"]), batch)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * scale).backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
@@ -148,7 +194,8 @@ def train_run(
     model.load_state_dict(best_state, strict=False)
     metrics = evaluate(model, task, datasets["test"], cfg.batch_size, device, amp)
     metrics["val_" + task.selection_metric] = best
-    efficiency = measure_model(model, task, run, datasets["train"], device, amp) if run.measure.enabled else {}
+    measured = run.measure.enabled and is_main_process()  # other ranks' records are dropped
+    efficiency = measure_model(model, task, run, datasets["train"], device, amp) if measured else {}
     return RunOutcome(metrics, efficiency, best_epoch, history)
 
 

@@ -1,0 +1,160 @@
+"""Sweeps on shared storage (journal file, PostgreSQL) and torchrun, on the smoke preset.
+
+Slow by nature (each worker process imports torch, timm and peft): about 4-5 minutes on
+2 busy cores. Worker-level checks use subprocesses; the rest runs in-process.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from bench.cli import main
+from bench.results import ResultsStore
+from bench.sweep import make_storage
+
+REPO = Path(__file__).resolve().parents[2]
+FAST = ["--preset", "smoke", "--device", "cpu", "--set", "measure.enabled=false", "--objectives", "accuracy:max"]
+GRID4 = ["--grid", "mettle.num_tokens=1,2", "--grid", "mettle.aggregate=mean,last"]
+METRIC_TOL = 1e-4  # torchrun vs one process: same global batch, gradient sums differ only in rounding
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_cmd(out: Path, study: str, *extra: str) -> list[str]:
+    args = ["sweep", "--method", "mettle", "--task", "ave", *FAST, "--study", study, "--out", str(out)]
+    return [sys.executable, "-m", "bench", *args, "--heartbeat", "1", *extra]
+
+
+def load(study: str, out: Path, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
+    return optuna.load_study(study_name=study, storage=make_storage(storage, out)).get_trials()
+
+
+def assert_grid_done(trials: list[optuna.trial.FrozenTrial], points: int) -> None:
+    complete = [tuple(sorted(t.params.items())) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == points and len(set(complete)) == points, [(t.state, t.params) for t in trials]
+
+
+def study_records(out: Path, study: str) -> list[dict]:
+    return [r for r in ResultsStore(out).load().records if r["tags"].get("study") == study]
+
+
+def test_two_workers_finish_a_grid_exactly_once(tmp_path):
+    done = subprocess.run(sweep_cmd(tmp_path, "grid", *GRID4, "--workers", "2"), cwd=REPO, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert_grid_done(load("grid", tmp_path), 4)
+    records = study_records(tmp_path, "grid")
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+
+
+def test_killed_worker_restarted_retries_its_stale_trial(tmp_path):
+    cmd = sweep_cmd(tmp_path, "kill", "--grid", "mettle.num_tokens=1,2")
+    worker = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (
+        (tmp_path / "optuna.journal").exists() and any(t.state == TrialState.RUNNING for t in load("kill", tmp_path))
+    ):
+        time.sleep(0.3)
+    os.kill(worker.pid, signal.SIGKILL)  # mid-trial: the smoke run takes seconds
+    worker.wait()
+    killed = [t for t in load("kill", tmp_path) if t.state == TrialState.RUNNING]
+    assert len(killed) == 1
+    assert main(cmd[3:]) == 0  # the restarted worker, in-process
+    trials = load("kill", tmp_path)
+    assert_grid_done(trials, 2)
+    stale = trials[killed[0].number]
+    assert stale.state == TrialState.FAIL
+    assert any(t.system_attrs.get("failed_trial") == stale.number and t.state == TrialState.COMPLETE for t in trials)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """BENCH_TEST_POSTGRES_URL, or a throwaway cluster of the Debian package on loopback
+    (initdb/pg_ctl; as user postgres when run as root, since the server refuses root)."""
+    if url := os.environ.get("BENCH_TEST_POSTGRES_URL"):
+        yield url
+        return
+    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdb:
+        pytest.skip("no PostgreSQL server: set BENCH_TEST_POSTGRES_URL or apt-get install postgresql")
+    bindir, root = initdb[-1].parent, tempfile.mkdtemp(prefix="bench-pg-")
+    as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_user:
+        shutil.chown(root, "postgres")
+    data = Path(root) / "data"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(
+        [*as_user, bindir / "initdb", "-D", data, "-U", "postgres", "--auth=trust"], check=True, capture_output=True
+    )
+    opts = f"-h 127.0.0.1 -p {port} -k {root}"
+    subprocess.run(
+        [*as_user, bindir / "pg_ctl", "-D", data, "-l", f"{root}/log", "-o", opts, "-w", "start"], check=True
+    )
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, bindir / "pg_ctl", "-D", data, "-m", "immediate", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_two_workers_on_postgresql(tmp_path, postgres_url):
+    cmd = sweep_cmd(tmp_path, "pg", "--grid", "mettle.num_tokens=1,2", "--storage", postgres_url, "--workers", "2")
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert_grid_done(load("pg", tmp_path, postgres_url), 2)
+    assert not (tmp_path / "optuna.journal").exists()
+
+
+def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
+    args = [
+        "sweep",
+        "--method",
+        "mettle",
+        "--task",
+        "ave",
+        "--preset",
+        "smoke",
+        "--device",
+        "cpu",
+        "--out",
+        str(tmp_path),
+    ]
+    args += ["--study", "lr", "--grid", "train.lr=1e-3,1e30", "--set", "measure.repeats=1", "--set", "measure.warmup=0"]
+    assert main(args) == 1  # like `run`: a failed run exits 1
+    trials = {t.params["train.lr"]: t for t in load("lr", tmp_path)}
+    assert trials[1e-3].state == TrialState.COMPLETE
+    assert trials[1e30].state == TrialState.FAIL and trials[1e30].user_attrs["status"] == "nan"
+    assert "loss is" in trials[1e30].user_attrs["error"]
+    assert sorted(r["status"] for r in study_records(tmp_path, "lr")) == ["nan", "ok"]
+    assert main(["table", "--study", "lr", "--out", str(tmp_path)]) == 0
+    table = (tmp_path / "tables" / "ablation_lr.md").read_text()
+    assert "| lr |" in table and "nan" in table
+    assert main(["plot", "--study", "lr", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "figures" / "ablation_lr_pareto.png").is_file()
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    run = ["run", "--methods", "mettle", "--tasks", "ave", "--preset", "smoke", "--device", "cpu"]
+    run += ["--set", "measure.enabled=false"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "bench"]
+    done = subprocess.run([*torchrun, *run, "--out", str(tmp_path / "ddp")], cwd=REPO, capture_output=True)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert main([*run, "--out", str(tmp_path / "one")]) == 0
+    (ddp,) = ResultsStore(tmp_path / "ddp").load().records  # rank 0 alone wrote
+    (one,) = ResultsStore(tmp_path / "one").load().records
+    assert ddp["status"] == one["status"] == "ok" and ddp["metrics"].keys() == one["metrics"].keys()
+    for key, value in one["metrics"].items():
+        assert abs(ddp["metrics"][key] - value) <= METRIC_TOL, (key, ddp["metrics"][key], value)
+    assert json.dumps(ddp["config"], sort_keys=True) == json.dumps(one["config"], sort_keys=True)
