@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import timm
 import torch
+from tiny import tiny_swin, tiny_vit
 from torch import nn
 
 from mettle_core.backbone import Backbone
@@ -17,26 +17,7 @@ SEG = TaskSpec("avs_s4", num_segments=2, needs_maps=True, kind="segmentation")
 
 
 def tiny_model(family: str) -> nn.Module:
-    if family == "vit":
-        return timm.create_model(
-            "vit_tiny_patch16_224",
-            embed_dim=32,
-            depth=2,
-            num_heads=2,
-            patch_size=4,
-            img_size=16,
-            num_classes=0,
-            in_chans=3,
-        )
-    return timm.create_model(
-        "swinv2_tiny_window8_256",
-        embed_dim=16,
-        depths=(1, 1, 2, 1),
-        num_heads=(1, 2, 2, 4),
-        window_size=4,
-        img_size=32,
-        num_classes=0,
-    )
+    return (tiny_vit() if family == "vit" else tiny_swin()).model
 
 
 def tiny_towers(family: str, seed: int = 0) -> Towers:

@@ -1,6 +1,6 @@
 import pytest
-import timm
 import torch
+from tiny import tiny_swin, tiny_vit
 
 from mettle_core.backbone import Backbone
 from mettle_core.interface import Towers
@@ -8,33 +8,12 @@ from mettle_core.interface import Towers
 
 def vit(chans: int = 3) -> Backbone:
     torch.manual_seed(0)
-    return Backbone(
-        timm.create_model(
-            "vit_tiny_patch16_224",
-            embed_dim=32,
-            depth=4,
-            num_heads=2,
-            patch_size=4,
-            img_size=16,
-            num_classes=0,
-            in_chans=chans,
-        )
-    )
+    return tiny_vit(chans, depth=4)
 
 
 def swin() -> Backbone:
     torch.manual_seed(0)
-    return Backbone(
-        timm.create_model(
-            "swinv2_tiny_window8_256",
-            embed_dim=16,
-            depths=(1, 1, 2, 1),
-            num_heads=(1, 2, 2, 4),
-            window_size=4,
-            img_size=32,
-            num_classes=0,
-        )
-    )
+    return tiny_swin()
 
 
 @pytest.mark.parametrize("make", [vit, swin])

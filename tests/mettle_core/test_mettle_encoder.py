@@ -6,7 +6,7 @@ from typing import get_args, get_type_hints
 
 import pytest
 import torch
-from conftest import CLS, SEG, av_batch, probe_loss, saved_bytes, towers, vit
+from mettle_helpers import CLS, SEG, av_batch, probe_loss, saved_bytes, towers, vit
 
 import mettle_core
 from mettle_core import MettleConfig, MettleEncoder, kept_feature_bytes, mettle_param_count, select_layers

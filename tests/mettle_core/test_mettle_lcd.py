@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import saved_bytes
+from mettle_helpers import saved_bytes
 
 from mettle_core import LCD, MettleConfig, meta_attention, select_layers
 

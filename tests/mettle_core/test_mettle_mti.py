@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SEG, av_batch, towers
+from mettle_helpers import SEG, av_batch, towers
 
 from mettle_core import MettleConfig, MettleEncoder
 from mettle_core.backbone import Backbone

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import timm
 import torch
+from tiny import tiny_swin, tiny_vit
 from torch import nn
 
 from mettle_core.backbone import Backbone
@@ -16,33 +16,11 @@ SEG = TaskSpec("avs_s4", num_segments=2, needs_maps=True, kind="segmentation")
 
 
 def vit(in_chans: int, depth: int = 3) -> Backbone:
-    return Backbone(
-        timm.create_model(
-            "vit_tiny_patch16_224",
-            embed_dim=32,
-            depth=depth,
-            num_heads=2,
-            patch_size=4,
-            img_size=16,
-            num_classes=0,
-            in_chans=in_chans,
-        )
-    )
+    return tiny_vit(in_chans, depth)
 
 
 def swin(in_chans: int) -> Backbone:
-    return Backbone(
-        timm.create_model(
-            "swinv2_tiny_window8_256",
-            embed_dim=16,
-            depths=(1, 1, 2, 1),
-            num_heads=(1, 2, 2, 4),
-            window_size=4,
-            img_size=32,
-            num_classes=0,
-            in_chans=in_chans,
-        )
-    )
+    return tiny_swin(in_chans)
 
 
 def towers(family: str, seed: int = 0) -> tuple[Backbone, Backbone]:

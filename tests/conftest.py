@@ -1,0 +1,1 @@
+"""Makes tests/ importable (tests/tiny.py) from every test folder."""
