@@ -62,7 +62,7 @@ DATA = {
 class PretrainConfig:
     """Recipe per tower: AdamW, linear warm-up then cosine decay, fresh batches each step."""
 
-    steps: int = 600
+    steps: int = 300
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
