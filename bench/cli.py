@@ -1,4 +1,4 @@
-"""Command line: `python -m bench run|sweep|table|plot|list|profile|check-budgets|data`.
+"""Command line: `python -m bench run|sweep|table|plot|list|profile|check-budgets|data|pretrain`.
 
 Exit codes: 0 success, 2 bad usage (unknown name, bad key or value), 1 failure.
 """
@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.config import ConfigError
-from bench.presets import PRESETS
+from bench.presets import PRESETS, WEIGHTS_DIR
 from mettle_core.interface import UnknownNameError
 
 DEFAULT_OUT = Path("results")
@@ -110,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--dst", type=Path, required=True, help="prepared output directory")
     prep.add_argument("--size", type=int, default=224, help="frame side in pixels")
     prep.add_argument("--mel-bins", type=int, default=64)
+
+    pre = sub.add_parser("pretrain", help="pretrain a preset's towers on synthetic primitives (ships for tiny)")
+    pre.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
+    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for the weights, heads and card")
 
     sub.add_parser("list", help="list methods, tasks and presets")
     _add_profile(sub)
@@ -447,6 +452,17 @@ def cmd_check_budgets(args: argparse.Namespace, console: Console) -> int:
     return 1
 
 
+def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:
+    from bench.pretrain import pretrain, weight_files
+
+    if args.preset not in PRESETS:
+        raise UsageError(f"unknown preset {args.preset!r} (valid: {', '.join(PRESETS)})")
+    card = pretrain(PRESETS[args.preset], args.out, seed=args.seed, log=console.print)
+    scores = ", ".join(f"{role} {r['accuracy']:.2f}%" for role, r in card["results"].items())
+    console.print(f"held-out set accuracy: {scores}; card: {weight_files(args.preset, args.out)['card']}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "sweep": cmd_sweep,
@@ -456,6 +472,7 @@ COMMANDS = {
     "data": cmd_data,
     "profile": cmd_profile,
     "check-budgets": cmd_check_budgets,
+    "pretrain": cmd_pretrain,
 }
 
 

@@ -26,6 +26,7 @@ from bench.config import (
     parse_overrides,
 )
 from bench.presets import Preset, get_preset
+from bench.pretrain import default_checkpoints
 from bench.registry import METHODS, get_method, get_task, task_names
 from bench.results import ResultsStore, environment, git_state, new_record, run_key
 from bench.tasks.base import DataShape
@@ -124,6 +125,8 @@ def execute(
         console.print(f"[yellow]warning:[/] {store.path} line {line}: {why}; ignored")
     finished = {r["key"]: r for r in report.records if r.get("status") == "ok" and "key" in r}
     preset = get_preset(plan.preset)
+    if any(not (r.towers.audio and r.towers.visual) for r in runs):
+        default_checkpoints(preset, console.print)  # a first-use rebuild happens here, outside any run's timing
     cache = DataCache()
     records = []
     with Progress(

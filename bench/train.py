@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from bench.config import ResolvedRun
 from bench.measure import measure_efficiency
 from bench.presets import Preset
+from bench.pretrain import default_checkpoints
 from bench.registry import get_method, get_task
 from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset
 from bench.towers import build_towers
@@ -114,7 +115,8 @@ def evaluate(model: TaskModel, task: Task, ds: Dataset, batch_size: int, device:
 
 
 def checkpoints_for(preset: Preset, run: ResolvedRun) -> dict[str, Path | None]:
-    """Tower checkpoint per role: explicit path, `random`, or the preset's shipped weights."""
+    """Tower checkpoint per role: explicit path, `random`, or the preset's pretrained
+    weights (shipped, or rebuilt into the user cache on first use)."""
     chosen: dict[str, Path | None] = {}
     for role in ("audio", "visual"):
         value = getattr(run.towers, role)
@@ -123,8 +125,7 @@ def checkpoints_for(preset: Preset, run: ResolvedRun) -> dict[str, Path | None]:
         elif value:
             chosen[role] = Path(value)
         else:
-            shipped = preset.default_weights.get(role)
-            chosen[role] = shipped if shipped is not None and shipped.is_file() else None
+            chosen[role] = default_checkpoints(preset).get(role)
     shared = run.towers.shared
     chosen["shared"] = None if shared == "random" else (Path(shared) if shared else chosen["visual"])
     return chosen

@@ -4,6 +4,11 @@ Visual classes are analytic shapes x colours drawn over a textured, noisy
 background; audio classes are harmonic stacks (pitch) x temporal patterns drawn
 over noise with non-harmonic distractor tones. Everything is vectorised over
 samples and deterministic given a `torch.Generator`.
+
+`render_scene` and `render_sources` draw the towers' pre-training data from a
+wider vocabulary (more shapes, free hues and sizes, more pitches, patterns and
+timbres) with factorised multi-hot labels, so pre-training teaches the
+primitives without ever seeing the downstream class ids.
 """
 
 from __future__ import annotations
@@ -16,24 +21,38 @@ SHAPES = ("disk", "square", "diamond", "ring", "cross", "hbar", "triangle")
 COLOURS = torch.tensor([[1.0, 0.15, 0.1], [0.1, 0.85, 0.2], [0.15, 0.3, 1.0], [0.95, 0.85, 0.1]])
 PATTERNS = ("steady", "pulsed", "rising", "falling")
 MAX_CLASSES = len(SHAPES) * len(COLOURS)
+SCENE_SHAPES = SHAPES + ("vbar", "ellipse", "frame", "xcross", "half_disk")
+SCENE_HUES = 8
+SOURCE_PITCHES = 10
+SOURCE_PATTERNS = PATTERNS + ("fast_pulsed", "decaying")
 
 
-def _shape_mask(kind: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Boolean masks [N, H, W] of each sample's shape `kind` [N] with radius r [N, 1, 1]."""
+def _shape_mask(
+    kind: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, r: torch.Tensor, extended: bool = False
+) -> torch.Tensor:
+    """Boolean masks [N, H, W] of each sample's shape `kind` [N] with radius r [N, 1, 1]
+    (`extended`: kinds index SCENE_SHAPES, else SHAPES)."""
     ay, ax = dy.abs(), dx.abs()
     dist = torch.sqrt(dy**2 + dx**2)
-    masks = torch.stack(
-        [
-            dist < r,
-            torch.maximum(ay, ax) < 0.8 * r,
-            ay + ax < r,
-            (dist < r) & (dist > 0.55 * r),
-            ((ay < 0.3 * r) & (ax < r)) | ((ax < 0.3 * r) & (ay < r)),
-            (ay < 0.35 * r) & (ax < r),
-            (dy < 0.7 * r) & (dy > -r) & (ax < (dy + r) * 0.55),
+    masks = [
+        dist < r,
+        torch.maximum(ay, ax) < 0.8 * r,
+        ay + ax < r,
+        (dist < r) & (dist > 0.55 * r),
+        ((ay < 0.3 * r) & (ax < r)) | ((ax < 0.3 * r) & (ay < r)),
+        (ay < 0.35 * r) & (ax < r),
+        (dy < 0.7 * r) & (dy > -r) & (ax < (dy + r) * 0.55),
+    ]
+    if extended:
+        au, av = (dy + dx).abs() / math.sqrt(2), (dy - dx).abs() / math.sqrt(2)
+        masks += [
+            (ax < 0.35 * r) & (ay < r),
+            (dy / (0.55 * r)) ** 2 + (dx / r) ** 2 < 1,
+            (torch.maximum(ay, ax) < 0.9 * r) & (torch.maximum(ay, ax) > 0.55 * r),
+            ((au < 0.3 * r) & (av < r)) | ((av < 0.3 * r) & (au < r)),
+            (dist < r) & (dy > -0.1 * r),
         ]
-    )  # [S, N, H, W]
-    return masks[kind, torch.arange(kind.shape[0])]
+    return torch.stack(masks)[kind, torch.arange(kind.shape[0])]  # [S, N, H, W] -> [N, H, W]
 
 
 def render_visual(
@@ -101,3 +120,95 @@ def render_audio(
         spec = spec + 0.6 * on * torch.exp(-((f - tone) ** 2) / (2 * sigma**2))
     spec = spec + noise * torch.rand(n, mel_bins, frames, generator=gen)
     return ((torch.log1p(4 * spec) - 0.5) / 0.5).unsqueeze(1)
+
+
+def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """[N] hue, saturation, value in [0, 1] -> [N, 3] RGB."""
+    k = (torch.tensor([5.0, 3.0, 1.0]) + 6 * h[:, None]) % 6
+    return v[:, None] - v[:, None] * s[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
+
+
+def render_scene(
+    gen: torch.Generator, n: int, size: int, max_objects: int = 3, clutter: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pre-training frames [N, 3, size, size] with 1..max_objects (<= 4) objects, one per
+    image quadrant so none hides another: a kind from SCENE_SHAPES, a hue from one of
+    SCENE_HUES bins (jittered, random saturation and value), a random size. Noise level
+    varies per frame. Returns frames and multi-hot labels: shapes present
+    [N, len(SCENE_SHAPES)], hue bins present [N, SCENE_HUES]."""
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    yy, xx = coords.view(1, size, 1), coords.view(1, 1, size)
+    base = torch.rand(n, 3, 4, 4, generator=gen) * 0.35
+    frames = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+    for _ in range(clutter):
+        cy, cx = torch.rand(2, n, 1, 1, generator=gen) * 0.8 + 0.1
+        r = torch.rand(n, 1, 1, generator=gen) * 0.1 + 0.06
+        kind = torch.randint(len(SCENE_SHAPES), (n,), generator=gen)
+        blob = _shape_mask(kind, yy - cy, xx - cx, r, extended=True).unsqueeze(1)
+        frames = torch.where(blob, torch.full_like(frames, 0.5), frames)
+    count = torch.randint(1, max_objects + 1, (n,), generator=gen)
+    cells = torch.rand(n, 4, generator=gen).argsort(-1)
+    shapes = torch.zeros(n, len(SCENE_SHAPES))
+    hues = torch.zeros(n, SCENE_HUES)
+    rows = torch.arange(n)
+    for j in range(max_objects):
+        present = j < count
+        kind = torch.randint(len(SCENE_SHAPES), (n,), generator=gen)
+        hue_bin = torch.randint(SCENE_HUES, (n,), generator=gen)
+        jitter, sat, val = torch.rand(3, n, generator=gen)
+        colour = _hsv_to_rgb((hue_bin + 0.6 * jitter - 0.3) / SCENE_HUES % 1, 0.7 + 0.3 * sat, 0.75 + 0.25 * val)
+        cy = 0.25 + 0.5 * (cells[:, j] // 2).float() + (torch.rand(n, generator=gen) - 0.5) * 0.12
+        cx = 0.25 + 0.5 * (cells[:, j] % 2).float() + (torch.rand(n, generator=gen) - 0.5) * 0.12
+        r = torch.rand(n, 1, 1, generator=gen) * 0.09 + 0.11
+        mask = _shape_mask(kind, yy - cy.view(n, 1, 1), xx - cx.view(n, 1, 1), r, extended=True)
+        mask &= present.view(n, 1, 1)
+        frames = torch.where(mask.unsqueeze(1), colour.view(n, 3, 1, 1), frames)
+        shapes[rows[present], kind[present]] = 1.0
+        hues[rows[present], hue_bin[present]] = 1.0
+    noise = 0.05 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)
+    frames = frames + noise * torch.randn(frames.shape, generator=gen)
+    return (frames - 0.45) / 0.3, shapes, hues
+
+
+def render_sources(
+    gen: torch.Generator, n: int, mel_bins: int, frames: int, max_sources: int = 2, distractors: int = 1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pre-training spectrograms [N, 1, mel_bins, frames] with 0..max_sources harmonic
+    sources (0: noise only): a pitch from SOURCE_PITCHES steps, a pattern from
+    SOURCE_PATTERNS, 2-4 harmonics with a random roll-off, over noise of random level
+    and `distractors` pure tones. Returns spectrograms and multi-hot labels: pitches
+    present [N, SOURCE_PITCHES], patterns present [N, len(SOURCE_PATTERNS)]."""
+    f = torch.arange(mel_bins, dtype=torch.float32).view(1, mel_bins, 1)
+    t = torch.linspace(0.0, 1.0, frames).view(1, 1, frames)
+    sigma = max(0.6, mel_bins / 64)
+    spec = torch.zeros(n, mel_bins, frames)
+    count = torch.randint(0, max_sources + 1, (n,), generator=gen)
+    pitches = torch.zeros(n, SOURCE_PITCHES)
+    patterns = torch.zeros(n, len(SOURCE_PATTERNS))
+    rows = torch.arange(n)
+    one = torch.ones_like(t)
+    for j in range(max_sources):
+        present = j < count
+        pitch = torch.randint(SOURCE_PITCHES, (n,), generator=gen)
+        pattern = torch.randint(len(SOURCE_PATTERNS), (n,), generator=gen)
+        harmonics = torch.randint(2, 5, (n, 1, 1), generator=gen)
+        rolloff = 0.3 + 0.7 * torch.rand(n, 1, 1, generator=gen)
+        level = present.float().view(n, 1, 1) * (0.6 + 0.4 * torch.rand(n, 1, 1, generator=gen))
+        f0 = (0.05 + 0.025 * pitch.float()).view(n, 1, 1) * mel_bins
+        p = pattern.view(n, 1, 1)
+        slope = torch.where(p == 2, 0.7 + 0.6 * t, torch.where(p == 3, 1.3 - 0.6 * t, one))
+        env = torch.where(p == 1, 0.5 + 0.5 * torch.cos(2 * math.pi * 4 * t), one)
+        env = torch.where(p == 4, 0.5 + 0.5 * torch.cos(2 * math.pi * 8 * t), env)
+        env = torch.where(p == 5, torch.exp(-4 * t), env)
+        for h in (1, 2, 3, 4):
+            on = (harmonics >= h).float() / h**rolloff
+            spec = spec + level * env * on * torch.exp(-((f - h * f0 * slope) ** 2) / (2 * sigma**2))
+        pitches[rows[present], pitch[present]] = 1.0
+        patterns[rows[present], pattern[present]] = 1.0
+    for _ in range(distractors):
+        tone = torch.rand(n, 1, 1, generator=gen) * mel_bins
+        on = (torch.rand(n, 1, 1, generator=gen) < 0.5).float()
+        spec = spec + 0.6 * on * torch.exp(-((f - tone) ** 2) / (2 * sigma**2))
+    noise = 0.2 + 0.2 * torch.rand(n, 1, 1, generator=gen)
+    spec = spec + noise * torch.rand(n, mel_bins, frames, generator=gen)
+    return ((torch.log1p(4 * spec) - 0.5) / 0.5).unsqueeze(1), pitches, patterns
