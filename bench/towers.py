@@ -6,6 +6,7 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors import safe_open
 
 from bench.presets import Preset, TowerSpec
 from mettle_core.backbone import Backbone
@@ -20,11 +21,25 @@ def build_backbone(spec: TowerSpec, checkpoint: Path | None = None) -> Backbone:
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"tower checkpoint {checkpoint} does not exist")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint), num_classes=0))
+        overlay = dict(file=str(checkpoint), num_classes=0)
+        chans = _checkpoint_in_chans(checkpoint)
+        if chans is not None:  # timm assumes 3 source channels unless told; it adapts (sums) otherwise
+            overlay["input_size"] = (chans, *spec.img_size)
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     model = timm.create_model(spec.model, **kwargs)
     model.requires_grad_(False)
     model.eval()
     return Backbone(model)
+
+
+def _checkpoint_in_chans(checkpoint: Path) -> int | None:
+    """Input channels of a safetensors checkpoint's patch embedding, read from its header
+    alone; None for other formats or layouts (timm then assumes 3)."""
+    if checkpoint.suffix != ".safetensors":
+        return None
+    with safe_open(str(checkpoint), framework="pt") as f:
+        key = "patch_embed.proj.weight"
+        return int(f.get_slice(key).get_shape()[1]) if key in f.keys() else None
 
 
 def build_towers(preset: Preset, checkpoints: dict[str, Path | None], seed: int) -> Towers:
