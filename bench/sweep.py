@@ -165,18 +165,14 @@ def make_storage(url: str | None, out: Path, heartbeat: int = 30) -> BaseStorage
     return HeartbeatJournalStorage(path, heartbeat, 3 * heartbeat, retry)
 
 
-def _constraints(trial: FrozenTrial) -> list[float]:
-    return trial.user_attrs.get("constraint", [0.0])
-
-
 def open_study(spec: SweepSpec, storage: BaseStorage) -> optuna.Study:
     directions = [way for _, way in spec.objectives]
     if spec.trials is None:
         sampler: optuna.samplers.BaseSampler = optuna.samplers.BruteForceSampler()
     elif len(directions) > 1:
-        sampler = optuna.samplers.NSGAIISampler(constraints_func=_constraints)
+        sampler = optuna.samplers.NSGAIISampler()
     else:
-        sampler = optuna.samplers.TPESampler(constraints_func=_constraints)
+        sampler = optuna.samplers.TPESampler()
     return optuna.create_study(
         study_name=spec.study, storage=storage, directions=directions, sampler=sampler, load_if_exists=True
     )
@@ -237,7 +233,7 @@ def make_objective(spec: SweepSpec, out: Path, console: Console) -> Callable[[Tr
         values = [sum(record_value(r, key) for r in records) / len(records) for key, _ in spec.objectives]
         if spec.max_memory is not None:
             mem = max(record_value(r, "train_mem_bytes_est") for r in records)
-            trial.set_user_attr("constraint", [mem - spec.max_memory])
+            trial.set_constraint("train_mem_bytes_est", mem - spec.max_memory)  # feasible when <= 0
         return values
 
     return objective

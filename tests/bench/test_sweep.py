@@ -158,3 +158,42 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     for key, value in one["metrics"].items():
         assert abs(ddp["metrics"][key] - value) <= METRIC_TOL, (key, ddp["metrics"][key], value)
     assert json.dumps(ddp["config"], sort_keys=True) == json.dumps(one["config"], sort_keys=True)
+
+
+def test_multi_objective_trials_sample_the_space_under_a_memory_cap(tmp_path):
+    args = [
+        "sweep",
+        "--method",
+        "mettle",
+        "--task",
+        "ave",
+        "--preset",
+        "smoke",
+        "--device",
+        "cpu",
+        "--set",
+        "measure.repeats=1",
+        "--set",
+        "measure.warmup=0",
+        "--out",
+        str(tmp_path),
+        "--study",
+        "mo",
+        "--grid",
+        "mettle.num_tokens=1,2,4,8",
+        "--trials",
+        "3",
+        "--objectives",
+        "accuracy:max,train_mem_bytes_est:min",
+        "--max-memory",
+        "1000",
+    ]
+    assert main(args) == 0
+    study = optuna.load_study(study_name="mo", storage=make_storage(None, tmp_path))
+    assert isinstance(study.sampler, optuna.samplers.NSGAIISampler) or len(study.directions) == 2
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and all(len(t.values) == 2 for t in done)
+    for t in done:  # 1000 bytes is below any run: every trial is infeasible by its measured memory
+        excess = t.system_attrs["constraints:train_mem_bytes_est"]
+        assert excess == pytest.approx(t.values[1] - 1000) and excess > 0
+    assert len(study_records(tmp_path, "mo")) == 3
