@@ -55,6 +55,25 @@ def _shape_mask(
     return torch.stack(masks)[kind, torch.arange(kind.shape[0])]  # [S, N, H, W] -> [N, H, W]
 
 
+def _background(
+    gen: torch.Generator, n: int, size: int, clutter: int, min_radius: float, extended: bool
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Low-frequency textured frames [N, 3, size, size] with `clutter` grey class-free
+    blobs, and the pixel-centre grids (yy, xx) the shapes are drawn on."""
+    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    yy, xx = coords.view(1, size, 1), coords.view(1, 1, size)
+    base = torch.rand(n, 3, 4, 4, generator=gen) * 0.35
+    frames = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+    kinds = len(SCENE_SHAPES) if extended else len(SHAPES)
+    for _ in range(clutter):
+        cy, cx = torch.rand(2, n, 1, 1, generator=gen) * 0.8 + 0.1
+        r = torch.rand(n, 1, 1, generator=gen) * 0.1 + min_radius
+        kind = torch.randint(kinds, (n,), generator=gen)
+        blob = _shape_mask(kind, yy - cy, xx - cx, r, extended=extended).unsqueeze(1)
+        frames = torch.where(blob, torch.full_like(frames, 0.5), frames)
+    return frames, yy, xx
+
+
 def render_visual(
     gen: torch.Generator, classes: torch.Tensor, size: int, noise: float = 0.15, clutter: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,17 +84,7 @@ def render_visual(
     class-free distractors.
     """
     n, m = classes.shape
-    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    yy, xx = coords.view(1, size, 1), coords.view(1, 1, size)
-    # low-frequency background texture
-    base = torch.rand(n, 3, 4, 4, generator=gen) * 0.35
-    frames = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
-    for _ in range(clutter):
-        cy, cx = torch.rand(2, n, 1, 1, generator=gen) * 0.8 + 0.1
-        r = torch.rand(n, 1, 1, generator=gen) * 0.1 + 0.08
-        kind = torch.randint(len(SHAPES), (n,), generator=gen)
-        blob = _shape_mask(kind, yy - cy, xx - cx, r).unsqueeze(1)
-        frames = torch.where(blob, torch.full_like(frames, 0.5), frames)
+    frames, yy, xx = _background(gen, n, size, clutter, min_radius=0.08, extended=False)
     masks = torch.zeros(n, m, size, size, dtype=torch.bool)
     for j in range(m):
         cls = classes[:, j]
@@ -136,16 +145,7 @@ def render_scene(
     SCENE_HUES bins (jittered, random saturation and value), a random size. Noise level
     varies per frame. Returns frames and multi-hot labels: shapes present
     [N, len(SCENE_SHAPES)], hue bins present [N, SCENE_HUES]."""
-    coords = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    yy, xx = coords.view(1, size, 1), coords.view(1, 1, size)
-    base = torch.rand(n, 3, 4, 4, generator=gen) * 0.35
-    frames = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
-    for _ in range(clutter):
-        cy, cx = torch.rand(2, n, 1, 1, generator=gen) * 0.8 + 0.1
-        r = torch.rand(n, 1, 1, generator=gen) * 0.1 + 0.06
-        kind = torch.randint(len(SCENE_SHAPES), (n,), generator=gen)
-        blob = _shape_mask(kind, yy - cy, xx - cx, r, extended=True).unsqueeze(1)
-        frames = torch.where(blob, torch.full_like(frames, 0.5), frames)
+    frames, yy, xx = _background(gen, n, size, clutter, min_radius=0.06, extended=True)
     count = torch.randint(1, max_objects + 1, (n,), generator=gen)
     cells = torch.rand(n, 4, generator=gen).argsort(-1)
     shapes = torch.zeros(n, len(SCENE_SHAPES))
