@@ -148,7 +148,8 @@ def write_tables(records: list[dict[str, Any]], out_dir: Path, name: str = "resu
     if summary.empty:
         return summary
     ref = summary.attrs.get("reference")
-    note = f"\n\nRatios are relative to `{ref}`. Mean ± std over seeds.\n" if ref else "\n"
+    ratios = ref and "mem_vs_ref" in summary
+    note = f"\n\nRatios are relative to `{ref}`. Mean ± std over seeds.\n" if ratios else "\n\nMean ± std over seeds.\n"
     table = paper_table(summary)
     _write_formats(table, summary, tables / name, note)
     for task, idx in summary.groupby("task", sort=False).groups.items():
