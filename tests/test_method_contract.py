@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 import torch
+from tiny import assert_state_dict_round_trip
 
 from bench.presets import get_preset
 from bench.registry import METHODS
@@ -99,18 +100,7 @@ def test_gradients_reach_exactly_the_declared_parameters(method, spec):
 
 
 def test_state_dict_round_trip(method, spec):
-    source, target = build(method, spec, seed=0), build(method, spec, seed=1)
-    with torch.no_grad():
-        for p in source.parameters():
-            if p.requires_grad:
-                p.add_(0.01 * torch.randn_like(p))
-    target.load_state_dict(source.state_dict())
-    source.eval()
-    target.eval()
-    audio, visual = inputs(spec)
-    with torch.no_grad():
-        a, b = source(audio, visual), target(audio, visual)
-    assert torch.equal(a.a, b.a) and torch.equal(a.v, b.v)
+    assert_state_dict_round_trip(lambda seed: build(method, spec, seed), *inputs(spec))
 
 
 def test_config_is_a_validated_dataclass(method):

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import timm
+import torch
 
 from mettle_core.backbone import Backbone
+from mettle_core.interface import AdaptedEncoder
 
 
 def tiny_vit(in_chans: int = 3, depth: int = 2) -> Backbone:
@@ -37,3 +41,25 @@ def tiny_swin(in_chans: int = 3) -> Backbone:
             in_chans=in_chans,
         )
     )
+
+
+def assert_state_dict_round_trip(
+    build: Callable[[int], AdaptedEncoder], audio: torch.Tensor, visual: torch.Tensor
+) -> None:
+    """An encoder built from other random towers (`build(seed)`) reproduces the first one's
+    features and maps exactly once it loads the first one's state dict. The method's own
+    weights (gates included) are moved off their init first, so the check can fail."""
+    first, second = build(0), build(1)
+    with torch.no_grad():
+        for p in first.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    second.load_state_dict(first.state_dict())
+    first.eval()
+    second.eval()
+    with torch.no_grad():
+        x, y = first(audio, visual), second(audio, visual)
+    assert torch.equal(x.a, y.a) and torch.equal(x.v, y.v)
+    assert (x.maps is None) == (y.maps is None)
+    for mx, my in zip(x.maps or [], y.maps or [], strict=True):
+        assert torch.equal(mx, my)

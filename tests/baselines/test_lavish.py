@@ -119,4 +119,4 @@ def test_indivisible_groups_rejected() -> None:
 @pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])
 def test_state_dict_round_trip(family: str, spec: TaskSpec) -> None:
     entry = METHODS.get("lavish")
-    assert_state_dict_round_trip(lambda t: entry.build(t, spec, entry.config_cls()), family, spec)
+    assert_state_dict_round_trip(lambda t: entry.build(t, spec, entry.config_cls()), family)

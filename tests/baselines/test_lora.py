@@ -78,4 +78,4 @@ def test_config_validation() -> None:
 
 @pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])
 def test_state_dict_round_trip(family: str, spec: TaskSpec) -> None:
-    assert_state_dict_round_trip(lambda t: build(t, spec, LoraMethodConfig()), family, spec)
+    assert_state_dict_round_trip(lambda t: build(t, spec, LoraMethodConfig()), family)

@@ -36,6 +36,13 @@ def sweep_cmd(out: Path, study: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bench", *args, "--heartbeat", "1", *extra]
 
 
+def in_process(out: Path, study: str, *extra: str) -> list[str]:
+    """`bench sweep` arguments for main() on the smoke preset, with one timed step per run."""
+    args = ["sweep", "--method", "mettle", "--task", "ave", "--preset", "smoke", "--device", "cpu"]
+    fast = ["--set", "measure.repeats=1", "--set", "measure.warmup=0"]
+    return [*args, *fast, "--out", str(out), "--study", study, *extra]
+
+
 def load(study: str, out: Path, storage: str | None = None) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study, storage=make_storage(storage, out)).get_trials()
 
@@ -118,20 +125,7 @@ def test_two_workers_on_postgresql(tmp_path, postgres_url):
 
 
 def test_diverging_trial_fails_with_its_reason_and_the_study_goes_on(tmp_path):
-    args = [
-        "sweep",
-        "--method",
-        "mettle",
-        "--task",
-        "ave",
-        "--preset",
-        "smoke",
-        "--device",
-        "cpu",
-        "--out",
-        str(tmp_path),
-    ]
-    args += ["--study", "lr", "--grid", "train.lr=1e-3,1e30", "--set", "measure.repeats=1", "--set", "measure.warmup=0"]
+    args = in_process(tmp_path, "lr", "--grid", "train.lr=1e-3,1e30")
     assert main(args) == 1  # like `run`: a failed run exits 1
     trials = {t.params["train.lr"]: t for t in load("lr", tmp_path)}
     assert trials[1e-3].state == TrialState.COMPLETE
@@ -161,33 +155,8 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
 
 
 def test_multi_objective_trials_sample_the_space_under_a_memory_cap(tmp_path):
-    args = [
-        "sweep",
-        "--method",
-        "mettle",
-        "--task",
-        "ave",
-        "--preset",
-        "smoke",
-        "--device",
-        "cpu",
-        "--set",
-        "measure.repeats=1",
-        "--set",
-        "measure.warmup=0",
-        "--out",
-        str(tmp_path),
-        "--study",
-        "mo",
-        "--grid",
-        "mettle.num_tokens=1,2,4,8",
-        "--trials",
-        "3",
-        "--objectives",
-        "accuracy:max,train_mem_bytes_est:min",
-        "--max-memory",
-        "1000",
-    ]
+    args = in_process(tmp_path, "mo", "--grid", "mettle.num_tokens=1,2,4,8", "--trials", "3")
+    args += ["--objectives", "accuracy:max,train_mem_bytes_est:min", "--max-memory", "1000"]
     assert main(args) == 0
     study = optuna.load_study(study_name="mo", storage=make_storage(None, tmp_path))
     assert isinstance(study.sampler, optuna.samplers.NSGAIISampler) or len(study.directions) == 2
