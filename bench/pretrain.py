@@ -2,10 +2,11 @@
 
 Frozen random towers make adaptation methods look alike, while real users adapt
 pretrained towers. So the `tiny` towers are pretrained here, on a task distinct
-from the downstream ones: multi-label "which shapes / which hues are in the
-frame" (1-3 objects from a wider vocabulary than the 28 downstream classes) and
-"which pitches / which temporal patterns are sounding" (0-2 harmonic sources),
-with a linear head on the pooled tower output. Everything is seeded, so the
+from the downstream ones, with a vocabulary disjoint from theirs: "which shapes /
+which hues are in the frame, which way does the background grating run" (1-3
+objects of shapes no downstream class uses) and "which pitches / which temporal
+patterns are sounding" (0-2 harmonic sources on another pitch grid, with patterns
+no downstream class uses), with a linear head on the pooled tower output. Everything is seeded, so the
 shipped weights can be rebuilt, and their card's held-out accuracy re-checked.
 """
 
@@ -32,6 +33,7 @@ from torch import nn
 
 from bench.data.synthetic import (
     SCENE_HUES,
+    SCENE_ORIENTATIONS,
     SCENE_SHAPES,
     SOURCE_PATTERNS,
     SOURCE_PITCHES,
@@ -46,15 +48,16 @@ ROLES = ("audio", "visual")
 # role -> (factor name, number of multi-hot labels); each factor is one block of the head's outputs
 FACTORS: dict[str, tuple[tuple[str, int], ...]] = {
     "audio": (("pitch", SOURCE_PITCHES), ("pattern", len(SOURCE_PATTERNS))),
-    "visual": (("shape", len(SCENE_SHAPES)), ("hue", SCENE_HUES)),
+    "visual": (("shape", len(SCENE_SHAPES)), ("hue", SCENE_HUES), ("orientation", SCENE_ORIENTATIONS)),
 }
 DATA = {
     "audio": f"log-mel-like spectrograms with 0-2 harmonic sources ({SOURCE_PITCHES} pitch steps x "
     f"{', '.join(SOURCE_PATTERNS)}; 2-4 harmonics, random roll-off) over noise with a distractor tone; "
     "multi-hot labels: pitches present, patterns present (none: noise only)",
     "visual": f"frames with 1-3 objects, one per quadrant ({', '.join(SCENE_SHAPES)} x {SCENE_HUES} hue bins, "
-    "random size, saturation and value) over textured noisy background with a grey distractor; "
-    "multi-hot labels: shapes present, hue bins present",
+    f"random size, saturation and value) over a grey grating ({SCENE_ORIENTATIONS} orientations, random "
+    "frequency and phase) on a textured noisy background with a grey distractor; labels: shapes present, "
+    "hue bins present (multi-hot), grating orientation (one-hot)",
 }
 
 
@@ -62,11 +65,11 @@ DATA = {
 class PretrainConfig:
     """Recipe per tower: AdamW, linear warm-up then cosine decay, fresh batches each step."""
 
-    steps: int = 300
+    steps: int = 1000
     batch_size: int = 128
     lr: float = 2e-3
     weight_decay: float = 0.05
-    warmup: int = 30
+    warmup: int = 100
     heldout: int = 2000
 
 

@@ -6,9 +6,11 @@ over noise with non-harmonic distractor tones. Everything is vectorised over
 samples and deterministic given a `torch.Generator`.
 
 `render_scene` and `render_sources` draw the towers' pre-training data from a
-wider vocabulary (more shapes, free hues and sizes, more pitches, patterns and
-timbres) with factorised multi-hot labels, so pre-training teaches the
-primitives without ever seeing the downstream class ids.
+vocabulary DISJOINT from the downstream one: other shapes (over oriented grey
+gratings), free hues and sizes; another pitch grid, and temporal patterns that
+none of the downstream classes use (no glides, no 4 Hz pulse). Pre-training thus
+teaches generic primitives, and the downstream tasks need adaptation the way real
+target domains do.
 """
 
 from __future__ import annotations
@@ -21,42 +23,45 @@ SHAPES = ("disk", "square", "diamond", "ring", "cross", "hbar", "triangle")
 COLOURS = torch.tensor([[1.0, 0.15, 0.1], [0.1, 0.85, 0.2], [0.15, 0.3, 1.0], [0.95, 0.85, 0.1]])
 PATTERNS = ("steady", "pulsed", "rising", "falling")
 MAX_CLASSES = len(SHAPES) * len(COLOURS)
-SCENE_SHAPES = SHAPES + ("vbar", "ellipse", "frame", "xcross", "half_disk")
+SCENE_SHAPES = ("vbar", "ellipse", "frame", "xcross", "half_disk", "lshape", "hourglass", "chevron")
 SCENE_HUES = 8
+SCENE_ORIENTATIONS = 4  # background grating orientation bins over 180 degrees
 SOURCE_PITCHES = 10
-SOURCE_PATTERNS = PATTERNS + ("fast_pulsed", "decaying")
+SOURCE_PATTERNS = ("steady", "fast_pulsed", "decaying", "vibrato", "swell")
 
 
 def _shape_mask(
-    kind: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, r: torch.Tensor, extended: bool = False
+    kind: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, r: torch.Tensor, vocab: tuple[str, ...] = SHAPES
 ) -> torch.Tensor:
-    """Boolean masks [N, H, W] of each sample's shape `kind` [N] with radius r [N, 1, 1]
-    (`extended`: kinds index SCENE_SHAPES, else SHAPES)."""
+    """Boolean masks [N, H, W] of each sample's shape `vocab[kind]` ([N] indices) with
+    radius r [N, 1, 1], centred at offsets (dy, dx) from the pixel grid."""
     ay, ax = dy.abs(), dx.abs()
     dist = torch.sqrt(dy**2 + dx**2)
-    masks = [
-        dist < r,
-        torch.maximum(ay, ax) < 0.8 * r,
-        ay + ax < r,
-        (dist < r) & (dist > 0.55 * r),
-        ((ay < 0.3 * r) & (ax < r)) | ((ax < 0.3 * r) & (ay < r)),
-        (ay < 0.35 * r) & (ax < r),
-        (dy < 0.7 * r) & (dy > -r) & (ax < (dy + r) * 0.55),
-    ]
-    if extended:
-        au, av = (dy + dx).abs() / math.sqrt(2), (dy - dx).abs() / math.sqrt(2)
-        masks += [
-            (ax < 0.35 * r) & (ay < r),
-            (dy / (0.55 * r)) ** 2 + (dx / r) ** 2 < 1,
-            (torch.maximum(ay, ax) < 0.9 * r) & (torch.maximum(ay, ax) > 0.55 * r),
-            ((au < 0.3 * r) & (av < r)) | ((av < 0.3 * r) & (au < r)),
-            (dist < r) & (dy > -0.1 * r),
-        ]
-    return torch.stack(masks)[kind, torch.arange(kind.shape[0])]  # [S, N, H, W] -> [N, H, W]
+    au, av = (dy + dx).abs() / math.sqrt(2), (dy - dx).abs() / math.sqrt(2)
+    box = torch.maximum(ay, ax)
+    draw = {
+        "disk": lambda: dist < r,
+        "square": lambda: box < 0.8 * r,
+        "diamond": lambda: ay + ax < r,
+        "ring": lambda: (dist < r) & (dist > 0.55 * r),
+        "cross": lambda: ((ay < 0.3 * r) & (ax < r)) | ((ax < 0.3 * r) & (ay < r)),
+        "hbar": lambda: (ay < 0.35 * r) & (ax < r),
+        "triangle": lambda: (dy < 0.7 * r) & (dy > -r) & (ax < (dy + r) * 0.55),
+        "vbar": lambda: (ax < 0.35 * r) & (ay < r),
+        "ellipse": lambda: (dy / (0.55 * r)) ** 2 + (dx / r) ** 2 < 1,
+        "frame": lambda: (box < 0.9 * r) & (box > 0.55 * r),
+        "xcross": lambda: ((au < 0.3 * r) & (av < r)) | ((av < 0.3 * r) & (au < r)),
+        "half_disk": lambda: (dist < r) & (dy > -0.1 * r),
+        "lshape": lambda: (box < r) & ((dx < -0.35 * r) | (dy > 0.35 * r)),
+        "hourglass": lambda: (ay < r) & (ax < 0.9 * ay),
+        "chevron": lambda: (ax < r) & ((dy + 0.6 * ax - 0.3 * r).abs() < 0.3 * r),
+    }
+    masks = torch.stack([draw[name]() for name in vocab])  # [S, N, H, W]
+    return masks[kind, torch.arange(kind.shape[0])]
 
 
 def _background(
-    gen: torch.Generator, n: int, size: int, clutter: int, min_radius: float, extended: bool
+    gen: torch.Generator, n: int, size: int, clutter: int, min_radius: float, vocab: tuple[str, ...]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Low-frequency textured frames [N, 3, size, size] with `clutter` grey class-free
     blobs, and the pixel-centre grids (yy, xx) the shapes are drawn on."""
@@ -64,12 +69,11 @@ def _background(
     yy, xx = coords.view(1, size, 1), coords.view(1, 1, size)
     base = torch.rand(n, 3, 4, 4, generator=gen) * 0.35
     frames = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
-    kinds = len(SCENE_SHAPES) if extended else len(SHAPES)
     for _ in range(clutter):
         cy, cx = torch.rand(2, n, 1, 1, generator=gen) * 0.8 + 0.1
         r = torch.rand(n, 1, 1, generator=gen) * 0.1 + min_radius
-        kind = torch.randint(kinds, (n,), generator=gen)
-        blob = _shape_mask(kind, yy - cy, xx - cx, r, extended=extended).unsqueeze(1)
+        kind = torch.randint(len(vocab), (n,), generator=gen)
+        blob = _shape_mask(kind, yy - cy, xx - cx, r, vocab).unsqueeze(1)
         frames = torch.where(blob, torch.full_like(frames, 0.5), frames)
     return frames, yy, xx
 
@@ -84,7 +88,7 @@ def render_visual(
     class-free distractors.
     """
     n, m = classes.shape
-    frames, yy, xx = _background(gen, n, size, clutter, min_radius=0.08, extended=False)
+    frames, yy, xx = _background(gen, n, size, clutter, min_radius=0.08, vocab=SHAPES)
     masks = torch.zeros(n, m, size, size, dtype=torch.bool)
     for j in range(m):
         cls = classes[:, j]
@@ -139,13 +143,22 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
 
 def render_scene(
     gen: torch.Generator, n: int, size: int, max_objects: int = 3, clutter: int = 1
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pre-training frames [N, 3, size, size] with 1..max_objects (<= 4) objects, one per
-    image quadrant so none hides another: a kind from SCENE_SHAPES, a hue from one of
-    SCENE_HUES bins (jittered, random saturation and value), a random size. Noise level
-    varies per frame. Returns frames and multi-hot labels: shapes present
-    [N, len(SCENE_SHAPES)], hue bins present [N, SCENE_HUES]."""
-    frames, yy, xx = _background(gen, n, size, clutter, min_radius=0.06, extended=True)
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pre-training frames [N, 3, size, size]: a grey sinusoidal grating of one of
+    SCENE_ORIENTATIONS orientations (random phase and frequency) over a textured
+    background, and 1..max_objects (<= 4) objects, one per image quadrant so none hides
+    another: a kind from SCENE_SHAPES, a hue from one of SCENE_HUES bins (jittered, random
+    saturation and value), a random size. Noise level varies per frame. Returns frames and
+    labels: shapes present [N, len(SCENE_SHAPES)], hue bins present [N, SCENE_HUES], the
+    grating orientation one-hot [N, SCENE_ORIENTATIONS]."""
+    frames, yy, xx = _background(gen, n, size, clutter, min_radius=0.06, vocab=SCENE_SHAPES)
+    orient = torch.randint(SCENE_ORIENTATIONS, (n,), generator=gen)
+    angle = (orient.float() / SCENE_ORIENTATIONS * math.pi).view(n, 1, 1)
+    cycles = (2.5 + 2.5 * torch.rand(n, 1, 1, generator=gen)) * 2 * math.pi
+    phase = torch.rand(n, 1, 1, generator=gen) * 2 * math.pi
+    amp = (0.12 + 0.12 * torch.rand(n, 1, 1, 1, generator=gen))
+    wave = torch.sin(cycles * (yy * torch.sin(angle) + xx * torch.cos(angle)) + phase)
+    frames = frames + amp * wave.unsqueeze(1)
     count = torch.randint(1, max_objects + 1, (n,), generator=gen)
     cells = torch.rand(n, 4, generator=gen).argsort(-1)
     shapes = torch.zeros(n, len(SCENE_SHAPES))
@@ -160,14 +173,15 @@ def render_scene(
         cy = 0.25 + 0.5 * (cells[:, j] // 2).float() + (torch.rand(n, generator=gen) - 0.5) * 0.12
         cx = 0.25 + 0.5 * (cells[:, j] % 2).float() + (torch.rand(n, generator=gen) - 0.5) * 0.12
         r = torch.rand(n, 1, 1, generator=gen) * 0.09 + 0.11
-        mask = _shape_mask(kind, yy - cy.view(n, 1, 1), xx - cx.view(n, 1, 1), r, extended=True)
+        mask = _shape_mask(kind, yy - cy.view(n, 1, 1), xx - cx.view(n, 1, 1), r, SCENE_SHAPES)
         mask &= present.view(n, 1, 1)
         frames = torch.where(mask.unsqueeze(1), colour.view(n, 3, 1, 1), frames)
         shapes[rows[present], kind[present]] = 1.0
         hues[rows[present], hue_bin[present]] = 1.0
     noise = 0.05 + 0.2 * torch.rand(n, 1, 1, 1, generator=gen)
     frames = frames + noise * torch.randn(frames.shape, generator=gen)
-    return (frames - 0.45) / 0.3, shapes, hues
+    orientation = torch.nn.functional.one_hot(orient, SCENE_ORIENTATIONS).float()
+    return (frames - 0.45) / 0.3, shapes, hues, orientation
 
 
 def render_sources(
@@ -175,8 +189,8 @@ def render_sources(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pre-training spectrograms [N, 1, mel_bins, frames] with 0..max_sources harmonic
     sources (0: noise only): a pitch from SOURCE_PITCHES steps, a pattern from
-    SOURCE_PATTERNS, 2-4 harmonics with a random roll-off, over noise of random level
-    and `distractors` pure tones. Returns spectrograms and multi-hot labels: pitches
+    SOURCE_PATTERNS (steady, 8 Hz pulse, decay, 3 Hz vibrato, swell), 2-4 harmonics with
+    a random roll-off, over noise of random level and `distractors` pure tones. Returns spectrograms and multi-hot labels: pitches
     present [N, SOURCE_PITCHES], patterns present [N, len(SOURCE_PATTERNS)]."""
     f = torch.arange(mel_bins, dtype=torch.float32).view(1, mel_bins, 1)
     t = torch.linspace(0.0, 1.0, frames).view(1, 1, frames)
@@ -196,10 +210,10 @@ def render_sources(
         level = present.float().view(n, 1, 1) * (0.6 + 0.4 * torch.rand(n, 1, 1, generator=gen))
         f0 = (0.05 + 0.025 * pitch.float()).view(n, 1, 1) * mel_bins
         p = pattern.view(n, 1, 1)
-        slope = torch.where(p == 2, 0.7 + 0.6 * t, torch.where(p == 3, 1.3 - 0.6 * t, one))
-        env = torch.where(p == 1, 0.5 + 0.5 * torch.cos(2 * math.pi * 4 * t), one)
-        env = torch.where(p == 4, 0.5 + 0.5 * torch.cos(2 * math.pi * 8 * t), env)
-        env = torch.where(p == 5, torch.exp(-4 * t), env)
+        slope = torch.where(p == 3, 1 + 0.06 * torch.sin(2 * math.pi * 3 * t), one)
+        env = torch.where(p == 1, 0.5 + 0.5 * torch.cos(2 * math.pi * 8 * t), one)
+        env = torch.where(p == 2, torch.exp(-4 * t), env)
+        env = torch.where(p == 4, 0.2 + 0.8 * t, env)
         for h in (1, 2, 3, 4):
             on = (harmonics >= h).float() / h**rolloff
             spec = spec + level * env * on * torch.exp(-((f - h * f0 * slope) ** 2) / (2 * sigma**2))
