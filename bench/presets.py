@@ -65,12 +65,13 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "tiny",
-            "laptop CPU default: 4-block ViT towers (width 64) on 32x32 inputs, project-pretrained",
+            "laptop CPU default: 4-block ViT towers (width 64) on 32x32 inputs, project-pretrained; "
+            "5 segments per AVE / AVVP video so that the default command stays within minutes",
             audio=_vit(64, 4, 2, 4, (32, 32), 1),
             visual=_vit(64, 4, 2, 4, (32, 32), 3),
             shape=DataShape(image_size=32, mel_bins=32, mel_frames=32),
-            train=dict(epochs=6, batch_size=16),
-            data=dict(num_train=400, num_val=100, num_test=200),
+            train=dict(epochs=5, batch_size=16),
+            data=dict(num_train=400, num_val=100, num_test=200, segments=5),
             default_weights={
                 "audio": WEIGHTS_DIR / "tiny_audio.safetensors",
                 "visual": WEIGHTS_DIR / "tiny_visual.safetensors",
