@@ -2,4 +2,5 @@ import sys
 
 from bench.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # spawned profile workers import this module without running it
+    sys.exit(main())

@@ -11,8 +11,10 @@ from __future__ import annotations
 import ctypes
 import gc
 import math
+import multiprocessing
 import os
 import re
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -169,10 +171,19 @@ def memory_figures(step: Step) -> dict[str, Any]:
     return out
 
 
-def profile_step(step: Step, device: torch.device, warmup: int, repeats: int) -> dict[str, Any]:
-    """Memory pass first (freed), then FLOPs, then the CUDA peaks, then timing."""
+def profile_step(
+    step: Step,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    on_partial: Callable[[dict[str, Any]], None] = lambda figures: None,
+) -> dict[str, Any]:
+    """Memory pass first (freed), then FLOPs, then the CUDA peaks, then timing.
+    `on_partial` gets the figures measured so far after each of the first two passes."""
     out = memory_figures(step)
+    on_partial(dict(out))
     out["flops_per_step"] = flops_per_step(step.loss_fn)
+    on_partial(dict(out))
     step.model.zero_grad(set_to_none=True)
     optimizer = step.make_optimizer()
 
@@ -250,7 +261,13 @@ def largest_batch(spec: ProfileSpec, method: str, preset: Preset, device: torch.
 
 
 def profile_point(
-    spec: ProfileSpec, method: str, batch_size: int, segments: int, command: str, argv: list[str]
+    spec: ProfileSpec,
+    method: str,
+    batch_size: int,
+    segments: int,
+    command: str,
+    argv: list[str],
+    on_partial: Callable[[dict[str, Any]], None] = lambda figures: None,
 ) -> dict[str, Any]:
     """One record; OOM and other failures end the point with a status, not the profile."""
     preset = get_preset(spec.preset)
@@ -259,7 +276,7 @@ def profile_point(
     start = time.perf_counter()
     status, error, efficiency, extra = "ok", None, {}, {}
     try:
-        efficiency = profile_step(build_step(run, preset, device), device, spec.warmup, spec.repeats)
+        efficiency = profile_step(build_step(run, preset, device), device, spec.warmup, spec.repeats, on_partial)
         gc.collect()
         if spec.budget is not None:
             efficiency.update(largest_batch(spec, method, preset, device))
@@ -272,6 +289,23 @@ def profile_point(
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    return point_record(spec, method, batch_size, segments, command, argv, status, error, efficiency,
+                        wall_s=time.perf_counter() - start, **extra)  # fmt: skip
+
+
+def point_record(
+    spec: ProfileSpec,
+    method: str,
+    batch_size: int,
+    segments: int,
+    command: str,
+    argv: list[str],
+    status: str,
+    error: str | None,
+    efficiency: dict[str, Any],
+    **extra: Any,
+) -> dict[str, Any]:
+    run = resolve_point(spec, method, batch_size, segments)
     return new_record(
         kind="profile",
         method=method,
@@ -287,12 +321,61 @@ def profile_point(
         config=run.to_dict(),
         command=command,
         argv=argv,
-        env=environment(device),
+        env=environment(resolve_device(spec.device)),
         cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
         git=git_state(),
-        wall_s=time.perf_counter() - start,
         **extra,
     )
+
+
+def _point_worker(spec: ProfileSpec, method: str, b: int, t: int, command: str, argv: list[str], conn: Any) -> None:
+    """Body of a point's own process: figures go back through `conn` as they are measured."""
+    allocator = return_freed_memory_promptly() if resolve_device(spec.device).type == "cpu" else ""
+    record = profile_point(spec, method, b, t, command, argv, on_partial=lambda figures: conn.send(("partial", figures)))
+    conn.send(("record", record | {"cpu_allocator": allocator}))
+    conn.close()
+
+
+def isolated_point(
+    spec: ProfileSpec,
+    method: str,
+    b: int,
+    t: int,
+    command: str,
+    argv: list[str],
+    worker: Callable[..., None] = _point_worker,
+) -> dict[str, Any]:
+    """Profile one point in a fresh process (`worker`, a module-level function), so that
+    its resident memory starts from nothing (no allocator state left by the methods before
+    it), and so that a point the operating system kills for memory (a CPU step raises no
+    OOM error) becomes a `killed` record keeping the memory figures measured before it
+    died, instead of ending the whole profile."""
+    ctx = multiprocessing.get_context("spawn")  # no forked OpenMP or CUDA state
+    receive, send = ctx.Pipe(duplex=False)
+    start = time.perf_counter()
+    proc = ctx.Process(target=worker, args=(spec, method, b, t, command, argv, send), daemon=True)
+    proc.start()
+    send.close()
+    partial: dict[str, Any] = {}
+    record = None
+    while record is None:
+        try:
+            kind, payload = receive.recv()
+        except EOFError:
+            break
+        if kind == "partial":
+            partial = payload
+        else:
+            record = payload
+    proc.join()
+    if record is not None:
+        return record
+    code = proc.exitcode or 0
+    how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+    passes = "the memory and FLOP passes" if "flops_per_step" in partial else "the memory pass"
+    done = f"after {passes}" if partial else "before any figure"
+    error = f"the point's process was {how} {done} (on CPU most likely out of memory); figures so far are kept"
+    return point_record(spec, method, b, t, command, argv, "killed", error, partial, wall_s=time.perf_counter() - start)
 
 
 TABLE_COLUMNS = {  # efficiency key -> (label, scale, digits)
@@ -310,10 +393,11 @@ TABLE_COLUMNS = {  # efficiency key -> (label, scale, digits)
 
 
 def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per point with figures: finished ones, and killed ones with what they measured."""
     rows = [
         {"method": r["method"], "batch": r["batch_size"], "T": r["segments"], **r["efficiency"]}
         for r in records
-        if r["status"] == "ok"
+        if r["status"] == "ok" or (r["status"] == "killed" and r["efficiency"])
     ]
     return pd.DataFrame(rows)
 
@@ -441,17 +525,16 @@ def run_profile(
     argv: list[str],
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Profile every (point, method), appending each record as it finishes."""
+    """Profile every (point, method), each in its own process, appending each record as
+    it finishes."""
     for method in spec.methods:  # bad names and overrides fail before any work
         for b, t in spec.points():
             resolve_point(spec, method, b, t)
     store = ResultsStore(out_dir, "profile.jsonl")
-    allocator = return_freed_memory_promptly() if resolve_device(spec.device).type == "cpu" else ""
     records = []
     for b, t in spec.points():
         for method in spec.methods:
-            record = profile_point(spec, method, b, t, command, argv)
-            record["cpu_allocator"] = allocator
+            record = isolated_point(spec, method, b, t, command, argv)
             store.append(record)
             records.append(record)
             if on_record is not None:

@@ -1,12 +1,14 @@
 """`python -m bench profile` and `check-budgets` on the smoke preset (seconds each)."""
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
 
 from bench.budgets import load, write
 from bench.cli import main
-from bench.profile import parse_size, parse_sweep
+from bench.profile import ProfileSpec, frame, isolated_point, parse_size, parse_sweep
 from bench.results import ResultsStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,6 +39,23 @@ def test_table_has_ratio_and_floor_columns(profiled):
         assert column in header
     lavish = next(line for line in lines if line.startswith("| lavish"))
     assert lavish.split(" | ")[header.split(" | ").index("mem / ref")] == "1.0"
+
+
+def _dies_after_the_memory_pass(spec, method, b, t, command, argv, conn) -> None:
+    """A point worker that sends its memory figures, then is killed as the kernel's
+    out-of-memory killer would kill it (SIGKILL, no Python exception)."""
+    conn.send(("partial", {"activation_bytes": 1234, "train_mem_bytes_est": 5678}))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_point_keeps_its_memory_figures_and_the_profile_goes_on():
+    spec = ProfileSpec(methods=["full"], preset="smoke", device="cpu")
+    record = isolated_point(spec, "full", 1, 10, "cmd", [], worker=_dies_after_the_memory_pass)
+    assert record["status"] == "killed" and record["method"] == "full"
+    assert "SIGKILL" in record["error"] and "after the memory pass" in record["error"]
+    assert record["efficiency"] == {"activation_bytes": 1234, "train_mem_bytes_est": 5678}
+    row = frame([record]).iloc[0]
+    assert row["method"] == "full" and row["train_mem_bytes_est"] == 5678
 
 
 def test_sweep_gives_one_record_per_point(tmp_path):
