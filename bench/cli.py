@@ -411,8 +411,8 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     done: list[dict] = []
 
     def progress(r: dict) -> None:
-        """Report after every point: a process the kernel kills for memory (no exception on
-        CPU) still leaves the table and figure of every point finished before it."""
+        """Report after every point: an interrupted profile still leaves the table and
+        figure of every point finished before it."""
         shown = f"{r['efficiency']['train_step_s']:.3f}s/step" if r["status"] == "ok" else r["error"]
         console.print(f"{r['status']} {r['method']} batch {r['batch_size']} T {r['segments']}: {shown}")
         done.append(r)
