@@ -65,7 +65,9 @@ def test_two_workers_finish_a_grid_exactly_once(tmp_path):
 
 
 def test_killed_worker_restarted_retries_its_stale_trial(tmp_path):
-    cmd = sweep_cmd(tmp_path, "kill", "--grid", "mettle.num_tokens=1,2")
+    # trials long enough (40 smoke epochs, seconds) that the poll below sees one RUNNING
+    # before the worker could finish the grid on a fast machine
+    cmd = sweep_cmd(tmp_path, "kill", "--grid", "mettle.num_tokens=1,2", "--set", "train.epochs=40")
     worker = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (
