@@ -260,18 +260,46 @@ def largest_batch(spec: ProfileSpec, method: str, preset: Preset, device: torch.
     return {"budget_bytes": spec.budget, "budget_max_batch": ok, "budget_method": "CUDA steps until OOM, bisected"}
 
 
-def profile_point(
-    spec: ProfileSpec,
-    method: str,
-    batch_size: int,
-    segments: int,
-    command: str,
-    argv: list[str],
-    on_partial: Callable[[dict[str, Any]], None] = lambda figures: None,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Point:
+    """One (method, batch size, segments) point of a profile, and the command that asked for it."""
+
+    spec: ProfileSpec
+    method: str
+    batch_size: int
+    segments: int
+    command: str
+    argv: list[str]
+
+    def record(self, status: str, error: str | None, efficiency: dict[str, Any], **extra: Any) -> dict[str, Any]:
+        run = resolve_point(self.spec, self.method, self.batch_size, self.segments)
+        return new_record(
+            kind="profile",
+            method=self.method,
+            task=self.spec.task,
+            preset=self.spec.preset,
+            batch_size=self.batch_size,
+            segments=getattr(run.task_cfg, "segments", None),  # None: the task fixes its frames
+            sweep=self.spec.sweep[0] if self.spec.sweep else None,
+            reference=self.spec.reference,
+            status=status,
+            error=error,
+            efficiency=efficiency,
+            config=run.to_dict(),
+            command=self.command,
+            argv=self.argv,
+            env=environment(resolve_device(self.spec.device)),
+            cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+            git=git_state(),
+            **extra,
+        )
+
+
+def profile_point(point: Point, on_partial: Callable[[dict[str, Any]], None] = lambda figures: None) -> dict[str, Any]:
     """One record; OOM and other failures end the point with a status, not the profile."""
+    spec = point.spec
     preset = get_preset(spec.preset)
-    run = resolve_point(spec, method, batch_size, segments)
+    run = resolve_point(spec, point.method, point.batch_size, point.segments)
     device = resolve_device(spec.device)
     start = time.perf_counter()
     status, error, efficiency, extra = "ok", None, {}, {}
@@ -279,7 +307,7 @@ def profile_point(
         efficiency = profile_step(build_step(run, preset, device), device, spec.warmup, spec.repeats, on_partial)
         gc.collect()
         if spec.budget is not None:
-            efficiency.update(largest_batch(spec, method, preset, device))
+            efficiency.update(largest_batch(spec, point.method, preset, device))
     except torch.OutOfMemoryError as err:
         status, error = "oom", str(err).splitlines()[0]
     except Exception as err:  # a failed point is recorded; the profile goes on
@@ -289,62 +317,18 @@ def profile_point(
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    return point_record(spec, method, batch_size, segments, command, argv, status, error, efficiency,
-                        wall_s=time.perf_counter() - start, **extra)  # fmt: skip
+    return point.record(status, error, efficiency, wall_s=time.perf_counter() - start, **extra)
 
 
-def point_record(
-    spec: ProfileSpec,
-    method: str,
-    batch_size: int,
-    segments: int,
-    command: str,
-    argv: list[str],
-    status: str,
-    error: str | None,
-    efficiency: dict[str, Any],
-    **extra: Any,
-) -> dict[str, Any]:
-    run = resolve_point(spec, method, batch_size, segments)
-    return new_record(
-        kind="profile",
-        method=method,
-        task=spec.task,
-        preset=spec.preset,
-        batch_size=batch_size,
-        segments=getattr(run.task_cfg, "segments", None),  # None: the task fixes its frames
-        sweep=spec.sweep[0] if spec.sweep else None,
-        reference=spec.reference,
-        status=status,
-        error=error,
-        efficiency=efficiency,
-        config=run.to_dict(),
-        command=command,
-        argv=argv,
-        env=environment(resolve_device(spec.device)),
-        cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
-        git=git_state(),
-        **extra,
-    )
-
-
-def _point_worker(spec: ProfileSpec, method: str, b: int, t: int, command: str, argv: list[str], conn: Any) -> None:
+def _point_worker(point: Point, conn: Any) -> None:
     """Body of a point's own process: figures go back through `conn` as they are measured."""
-    allocator = return_freed_memory_promptly() if resolve_device(spec.device).type == "cpu" else ""
-    record = profile_point(spec, method, b, t, command, argv, on_partial=lambda figures: conn.send(("partial", figures)))
+    allocator = return_freed_memory_promptly() if resolve_device(point.spec.device).type == "cpu" else ""
+    record = profile_point(point, on_partial=lambda figures: conn.send(("partial", figures)))
     conn.send(("record", record | {"cpu_allocator": allocator}))
     conn.close()
 
 
-def isolated_point(
-    spec: ProfileSpec,
-    method: str,
-    b: int,
-    t: int,
-    command: str,
-    argv: list[str],
-    worker: Callable[..., None] = _point_worker,
-) -> dict[str, Any]:
+def isolated_point(point: Point, worker: Callable[[Point, Any], None] = _point_worker) -> dict[str, Any]:
     """Profile one point in a fresh process (`worker`, a module-level function), so that
     its resident memory starts from nothing (no allocator state left by the methods before
     it), and so that a point the operating system kills for memory (a CPU step raises no
@@ -353,7 +337,7 @@ def isolated_point(
     ctx = multiprocessing.get_context("spawn")  # no forked OpenMP or CUDA state
     receive, send = ctx.Pipe(duplex=False)
     start = time.perf_counter()
-    proc = ctx.Process(target=worker, args=(spec, method, b, t, command, argv, send), daemon=True)
+    proc = ctx.Process(target=worker, args=(point, send), daemon=True)
     proc.start()
     send.close()
     partial: dict[str, Any] = {}
@@ -375,7 +359,7 @@ def isolated_point(
     passes = "the memory and FLOP passes" if "flops_per_step" in partial else "the memory pass"
     done = f"after {passes}" if partial else "before any figure"
     error = f"the point's process was {how} {done} (on CPU most likely out of memory); figures so far are kept"
-    return point_record(spec, method, b, t, command, argv, "killed", error, partial, wall_s=time.perf_counter() - start)
+    return point.record("killed", error, partial, wall_s=time.perf_counter() - start)
 
 
 TABLE_COLUMNS = {  # efficiency key -> (label, scale, digits)
@@ -534,7 +518,7 @@ def run_profile(
     records = []
     for b, t in spec.points():
         for method in spec.methods:
-            record = isolated_point(spec, method, b, t, command, argv)
+            record = isolated_point(Point(spec, method, b, t, command, argv))
             store.append(record)
             records.append(record)
             if on_record is not None:

@@ -8,7 +8,7 @@ import pytest
 
 from bench.budgets import load, write
 from bench.cli import main
-from bench.profile import ProfileSpec, frame, isolated_point, parse_size, parse_sweep
+from bench.profile import Point, ProfileSpec, frame, isolated_point, parse_size, parse_sweep
 from bench.results import ResultsStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +41,7 @@ def test_table_has_ratio_and_floor_columns(profiled):
     assert lavish.split(" | ")[header.split(" | ").index("mem / ref")] == "1.0"
 
 
-def _dies_after_the_memory_pass(spec, method, b, t, command, argv, conn) -> None:
+def _dies_after_the_memory_pass(point, conn) -> None:
     """A point worker that sends its memory figures, then is killed as the kernel's
     out-of-memory killer would kill it (SIGKILL, no Python exception)."""
     conn.send(("partial", {"activation_bytes": 1234, "train_mem_bytes_est": 5678}))
@@ -50,7 +50,7 @@ def _dies_after_the_memory_pass(spec, method, b, t, command, argv, conn) -> None
 
 def test_a_killed_point_keeps_its_memory_figures_and_the_profile_goes_on():
     spec = ProfileSpec(methods=["full"], preset="smoke", device="cpu")
-    record = isolated_point(spec, "full", 1, 10, "cmd", [], worker=_dies_after_the_memory_pass)
+    record = isolated_point(Point(spec, "full", 1, 10, "cmd", []), worker=_dies_after_the_memory_pass)
     assert record["status"] == "killed" and record["method"] == "full"
     assert "SIGKILL" in record["error"] and "after the memory pass" in record["error"]
     assert record["efficiency"] == {"activation_bytes": 1234, "train_mem_bytes_est": 5678}
