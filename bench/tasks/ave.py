@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from bench.data.synthetic import render_audio, render_visual
+from bench.data.synthetic import SHAPES, render_audio, render_visual
 from bench.registry import register_task
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
@@ -34,7 +34,8 @@ class AveConfig:
     segments: int = 10
     data_seed: int = 0
     disagree: float = 0.5  # chance that the heard and seen intervals differ
-    distractor: float = 0.3  # chance per segment of an off-event sound or object
+    distractor: float = 0.8  # chance per segment of an off-event sound or object
+    near_miss: float = 1.0  # chance that a distractor shares the event's colour / pitch
     noise: float = 0.15
     head_hidden: int = 128
 
@@ -42,7 +43,7 @@ class AveConfig:
         for name in ("num_train", "num_val", "num_test", "segments", "head_hidden"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"AveConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("disagree", "distractor"):
+        for name in ("disagree", "distractor", "near_miss"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"AveConfig.{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -66,9 +67,26 @@ def _other(gen: torch.Generator, shape: tuple[int, ...], avoid: list[torch.Tenso
     return x
 
 
+def _near_miss(gen: torch.Generator, cat: torch.Tensor, share_row: bool) -> torch.Tensor:
+    """Categories other than `cat` that render alike in one modality: the same
+    colour with another shape (`share_row`: same `cat // 7`), or the same pitch
+    with another temporal pattern (same `cat % 7`). Telling them apart takes the
+    factor the towers were not pre-trained on (shape, pattern)."""
+    rows, cols = NUM_EVENTS // len(SHAPES), len(SHAPES)
+    if share_row:
+        step = torch.randint(1, cols, cat.shape, generator=gen)
+        return cat // cols * cols + (cat % cols + step) % cols
+    step = torch.randint(1, rows, cat.shape, generator=gen)
+    return (cat // cols + step) % rows * cols + cat % cols
+
+
 def make_synthetic_ave(cfg: AveConfig, n: int, shape: DataShape, seed: int) -> TensorAVDataset:
     """`n` videos: an event category, a seen interval and a heard interval that
-    agree or not, plus off-event distractor sounds and objects."""
+    agree or not, plus off-event distractor sounds and objects. Distractors are
+    mostly near misses of the event (`near_miss`), so that a background segment
+    differs from an event segment in shape or temporal pattern, the factors the
+    towers' pre-training did not teach; frozen features then fall clearly short
+    of adapted ones, as DESIGN section 7 asks of every synthetic task."""
     gen = torch.Generator().manual_seed(seed)
     t = cfg.segments
     cat = torch.randint(NUM_EVENTS, (n,), generator=gen)
@@ -79,8 +97,10 @@ def make_synthetic_ave(cfg: AveConfig, n: int, shape: DataShape, seed: int) -> T
     heard_alt = (seg >= s2[:, None]) & (seg < e2[:, None])
     heard = torch.where((torch.rand(n, 1, generator=gen) < cfg.disagree), heard_alt, seen)
     c = cat[:, None].expand(n, t)
-    d_vis = _other(gen, (n, t), [c])
-    d_aud = _other(gen, (n, t), [c, d_vis])
+    near = lambda: torch.rand(n, t, generator=gen) < cfg.near_miss  # noqa: E731
+    d_vis = torch.where(near(), _near_miss(gen, c, share_row=True), _other(gen, (n, t), [c]))
+    d_aud = torch.where(near(), _near_miss(gen, c, share_row=False), _other(gen, (n, t), [c, d_vis]))
+    d_aud = torch.where(d_aud == d_vis, _other(gen, (n, t), [c, d_vis]), d_aud)  # no accidental AV pair
     extra = _other(gen, (n, t), [c, d_aud])
     off = lambda: torch.rand(n, t, generator=gen) < cfg.distractor  # noqa: E731
     vis0 = torch.where(seen, c, torch.where(off(), d_vis, -1))
