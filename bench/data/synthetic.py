@@ -156,7 +156,7 @@ def render_scene(
     angle = (orient.float() / SCENE_ORIENTATIONS * math.pi).view(n, 1, 1)
     cycles = (2.5 + 2.5 * torch.rand(n, 1, 1, generator=gen)) * 2 * math.pi
     phase = torch.rand(n, 1, 1, generator=gen) * 2 * math.pi
-    amp = (0.12 + 0.12 * torch.rand(n, 1, 1, 1, generator=gen))
+    amp = 0.12 + 0.12 * torch.rand(n, 1, 1, 1, generator=gen)
     wave = torch.sin(cycles * (yy * torch.sin(angle) + xx * torch.cos(angle)) + phase)
     frames = frames + amp * wave.unsqueeze(1)
     count = torch.randint(1, max_objects + 1, (n,), generator=gen)
@@ -190,8 +190,9 @@ def render_sources(
     """Pre-training spectrograms [N, 1, mel_bins, frames] with 0..max_sources harmonic
     sources (0: noise only): a pitch from SOURCE_PITCHES steps, a pattern from
     SOURCE_PATTERNS (steady, 8 Hz pulse, decay, 3 Hz vibrato, swell), 2-4 harmonics with
-    a random roll-off, over noise of random level and `distractors` pure tones. Returns spectrograms and multi-hot labels: pitches
-    present [N, SOURCE_PITCHES], patterns present [N, len(SOURCE_PATTERNS)]."""
+    a random roll-off, over noise of random level and `distractors` pure tones. Returns
+    spectrograms and multi-hot labels: pitches present [N, SOURCE_PITCHES], patterns
+    present [N, len(SOURCE_PATTERNS)]."""
     f = torch.arange(mel_bins, dtype=torch.float32).view(1, mel_bins, 1)
     t = torch.linspace(0.0, 1.0, frames).view(1, 1, frames)
     sigma = max(0.6, mel_bins / 64)
