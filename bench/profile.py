@@ -270,6 +270,7 @@ class Point:
     segments: int
     command: str
     argv: list[str]
+    git: dict[str, Any]  # read once when the profile starts
 
     def record(self, status: str, error: str | None, efficiency: dict[str, Any], **extra: Any) -> dict[str, Any]:
         run = resolve_point(self.spec, self.method, self.batch_size, self.segments)
@@ -290,7 +291,7 @@ class Point:
             argv=self.argv,
             env=environment(resolve_device(self.spec.device)),
             cuda_alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
-            git=git_state(),
+            git=self.git,
             **extra,
         )
 
@@ -515,10 +516,11 @@ def run_profile(
         for b, t in spec.points():
             resolve_point(spec, method, b, t)
     store = ResultsStore(out_dir, "profile.jsonl")
+    git = git_state()
     records = []
     for b, t in spec.points():
         for method in spec.methods:
-            record = isolated_point(Point(spec, method, b, t, command, argv))
+            record = isolated_point(Point(spec, method, b, t, command, argv, git))
             store.append(record)
             records.append(record)
             if on_record is not None:

@@ -128,6 +128,7 @@ def execute(
     if any(not (r.towers.audio and r.towers.visual) for r in runs):
         default_checkpoints(preset, console.print)  # a first-use rebuild happens here, outside any run's timing
     cache = DataCache()
+    git = git_state()  # the code this invocation runs, even if a commit lands while it works
     records = []
     with Progress(
         TextColumn("{task.description}"),
@@ -147,7 +148,9 @@ def execute(
                 progress.advance(overall)
                 continue
             steps = progress.add_task(label, total=None)
-            record = run_one(run, preset, cache, key, lambda d, t, s=steps: progress.update(s, completed=d, total=t))
+            record = run_one(
+                run, preset, cache, key, git, lambda d, t, s=steps: progress.update(s, completed=d, total=t)
+            )
             progress.remove_task(steps)
             if is_main_process():  # under torchrun every rank has the same record; one is kept
                 store.append(record)
@@ -162,7 +165,9 @@ def execute(
     return records
 
 
-def run_one(run: ResolvedRun, preset: Preset, cache: DataCache, key: str, on_step) -> dict[str, Any]:
+def run_one(
+    run: ResolvedRun, preset: Preset, cache: DataCache, key: str, git: dict[str, Any], on_step
+) -> dict[str, Any]:
     device = resolve_device(run.device)
     start = time.perf_counter()
     status, error, metrics, efficiency, extra = "ok", None, {}, {}, {}
@@ -182,7 +187,7 @@ def run_one(run: ResolvedRun, preset: Preset, cache: DataCache, key: str, on_ste
         extra = {"traceback": traceback.format_exc(limit=8)}
     return new_record(
         key=key,
-        git=git_state(),
+        git=git,
         method=run.method,
         task=run.task,
         preset=run.preset,

@@ -148,3 +148,13 @@ def test_tune_runs_every_candidate_and_the_table_keeps_one_row(tmp_path):
     assert {r["tags"]["tuned"] for r in records} == {"train.lr"}
     csv = (tmp_path / "tables" / "results.csv").read_text().splitlines()
     assert len(csv) == 2  # header + one row: the val-selected candidate
+
+
+def test_every_record_names_the_commit_the_invocation_started_at(tmp_path, monkeypatch):
+    """A commit landing mid-run must not relabel the later runs of the same invocation."""
+    import bench.runner
+
+    shas = iter(["started", "committed-meanwhile", "later"])
+    monkeypatch.setattr(bench.runner, "git_state", lambda: {"sha": next(shas), "dirty": False})
+    assert main([*RUN, "--out", str(tmp_path)]) == 0
+    assert [r["git"]["sha"] for r in _records(tmp_path)] == ["started", "started"]

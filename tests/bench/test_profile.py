@@ -50,7 +50,9 @@ def _dies_after_the_memory_pass(point, conn) -> None:
 
 def test_a_killed_point_keeps_its_memory_figures_and_the_profile_goes_on():
     spec = ProfileSpec(methods=["full"], preset="smoke", device="cpu")
-    record = isolated_point(Point(spec, "full", 1, 10, "cmd", []), worker=_dies_after_the_memory_pass)
+    record = isolated_point(
+        Point(spec, "full", 1, 10, "cmd", [], {"sha": "abc", "dirty": False}), worker=_dies_after_the_memory_pass
+    )
     assert record["status"] == "killed" and record["method"] == "full"
     assert "SIGKILL" in record["error"] and "after the memory pass" in record["error"]
     assert record["efficiency"] == {"activation_bytes": 1234, "train_mem_bytes_est": 5678}
