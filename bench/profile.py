@@ -516,7 +516,7 @@ def run_profile(
         for b, t in spec.points():
             resolve_point(spec, method, b, t)
     store = ResultsStore(out_dir, "profile.jsonl")
-    git = git_state()
+    git = git_state(out_dir)
     records = []
     for b, t in spec.points():
         for method in spec.methods:

@@ -31,11 +31,18 @@ def run_key(method: str, task: str, preset: str, source: str, seed: int, config:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def git_state(cwd: Path | None = None) -> dict[str, Any]:
-    root = cwd or Path(__file__).resolve().parent.parent
+def git_state(out_dir: Path | None = None, cwd: Path | None = None) -> dict[str, Any]:
+    """The commit the code comes from, and whether tracked files differ from it. Files under
+    `out_dir` are results, not code: a resumed run that appends to `results/runs.jsonl` in the
+    repository must not call its own code dirty."""
+    root = (cwd or Path(__file__).parent.parent).resolve()
+    pathspec = []
+    if out_dir is not None and out_dir.resolve().is_relative_to(root) and out_dir.resolve() != root:
+        pathspec = ["--", ".", f":(exclude){out_dir.resolve().relative_to(root).as_posix()}"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True)
+        status = ["git", "status", "--porcelain", "-uno", *pathspec]
+        dirty = subprocess.run(status, cwd=root, capture_output=True, text=True, check=True)
         return {"sha": sha.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
     except (OSError, subprocess.CalledProcessError):
         return {"sha": None, "dirty": None}

@@ -128,7 +128,7 @@ def execute(
     if any(not (r.towers.audio and r.towers.visual) for r in runs):
         default_checkpoints(preset, console.print)  # a first-use rebuild happens here, outside any run's timing
     cache = DataCache()
-    git = git_state()  # the code this invocation runs, even if a commit lands while it works
+    git = git_state(out_dir)  # the code this invocation runs, even if a commit lands while it works
     records = []
     with Progress(
         TextColumn("{task.description}"),

@@ -155,6 +155,6 @@ def test_every_record_names_the_commit_the_invocation_started_at(tmp_path, monke
     import bench.runner
 
     shas = iter(["started", "committed-meanwhile", "later"])
-    monkeypatch.setattr(bench.runner, "git_state", lambda: {"sha": next(shas), "dirty": False})
+    monkeypatch.setattr(bench.runner, "git_state", lambda out_dir: {"sha": next(shas), "dirty": False})
     assert main([*RUN, "--out", str(tmp_path)]) == 0
     assert [r["git"]["sha"] for r in _records(tmp_path)] == ["started", "started"]

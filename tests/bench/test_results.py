@@ -1,6 +1,7 @@
 import json
+import subprocess
 
-from bench.results import ResultsStore, atomic_write_text, run_key
+from bench.results import ResultsStore, atomic_write_text, git_state, run_key
 
 
 def test_append_and_load_round_trip(tmp_path):
@@ -42,3 +43,29 @@ def test_atomic_write_text_leaves_no_temporary(tmp_path):
     atomic_write_text(path, "y")
     assert path.read_text() == "y"
     assert [p.name for p in path.parent.iterdir()] == ["t.md"]
+
+
+def _git(repo, *args):
+    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
+
+
+def test_git_state_calls_changed_results_clean_and_changed_code_dirty(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "results").mkdir(parents=True)
+    (repo / "code.py").write_text("x = 1\n")
+    (repo / "results" / "runs.jsonl").write_text("{}\n")
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (repo / "results" / "runs.jsonl").write_text("{}\n{}\n")  # a resumed run appended a record
+    state = git_state(repo / "results", cwd=repo)
+    assert len(state["sha"]) == 40 and state["dirty"] is False
+    assert git_state(cwd=repo)["dirty"] is True  # without an output directory, every change counts
+    (repo / "code.py").write_text("x = 2\n")
+    assert git_state(repo / "results", cwd=repo)["dirty"] is True
+    assert git_state(tmp_path / "elsewhere", cwd=repo)["dirty"] is True
+
+
+def test_git_state_outside_a_repository_is_unknown(tmp_path, monkeypatch):
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # even if TMPDIR is in a repo
+    assert git_state(cwd=tmp_path) == {"sha": None, "dirty": None}
