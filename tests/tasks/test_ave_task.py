@@ -32,7 +32,8 @@ def test_ave_labels_and_near_miss_switch_changes_only_the_distractors() -> None:
     label = near["label"]
     assert label.shape == (30, 5) and ((label >= 0) & (label <= BACKGROUND)).all()
     assert (label == BACKGROUND).any() and (label < BACKGROUND).any()
-    assert not torch.equal(near["visual"], far["visual"])
+    assert torch.equal(label, far["label"])  # same events, intervals and agreement
+    assert not torch.equal(near["visual"], far["visual"]) and not torch.equal(near["audio"], far["audio"])
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])
