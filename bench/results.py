@@ -36,9 +36,10 @@ def git_state(out_dir: Path | None = None, cwd: Path | None = None) -> dict[str,
     `out_dir` are results, not code: a resumed run that appends to `results/runs.jsonl` in the
     repository must not call its own code dirty."""
     root = (cwd or Path(__file__).parent.parent).resolve()
+    out = out_dir.resolve() if out_dir is not None else None
     pathspec = []
-    if out_dir is not None and out_dir.resolve().is_relative_to(root) and out_dir.resolve() != root:
-        pathspec = ["--", ".", f":(exclude){out_dir.resolve().relative_to(root).as_posix()}"]
+    if out is not None and out != root and out.is_relative_to(root):
+        pathspec = ["--", ".", f":(exclude){out.relative_to(root).as_posix()}"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
         status = ["git", "status", "--porcelain", "-uno", *pathspec]
