@@ -49,7 +49,8 @@ class MeasureConfig:
 @dataclass
 class TowersConfig:
     """Local checkpoint files; empty means the preset's shipped weights (if any),
-    `random` means random initialisation. `shared` defaults to `visual`."""
+    `random` means random initialisation. An empty `shared` follows a set `visual`,
+    else the preset's shipped shared tower, else the visual one."""
 
     audio: str = ""
     visual: str = ""

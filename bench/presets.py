@@ -42,7 +42,8 @@ class Preset:
 
     @property
     def shared(self) -> TowerSpec:
-        """LAVisH's single tower: the visual tower, fed log-mels as 3-channel images."""
+        """LAVisH's single tower: the visual architecture, fed log-mels as 3-channel images
+        (`tiny` ships it pretrained on both of its synthetic corpora, see bench/pretrain.py)."""
         return self.visual
 
 
@@ -75,6 +76,7 @@ PRESETS: dict[str, Preset] = {
             default_weights={
                 "audio": WEIGHTS_DIR / "tiny_audio.safetensors",
                 "visual": WEIGHTS_DIR / "tiny_visual.safetensors",
+                "shared": WEIGHTS_DIR / "tiny_shared.safetensors",
             },
         ),
         Preset(

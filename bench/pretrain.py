@@ -6,8 +6,15 @@ from the downstream ones, with a vocabulary disjoint from theirs: "which shapes 
 which hues are in the frame, which way does the background grating run" (1-3
 objects of shapes no downstream class uses) and "which pitches / which temporal
 patterns are sounding" (0-2 harmonic sources on another pitch grid, with patterns
-no downstream class uses), with a linear head on the pooled tower output. Everything is seeded, so the
-shipped weights can be rebuilt, and their card's held-out accuracy re-checked.
+no downstream class uses), with a linear head on the pooled tower output.
+
+Three towers come out: the audio specialist (sound corpus), the visual specialist
+(scene corpus) and LAVisH's shared tower, which sees both corpora, batch for batch the
+same data as the two specialists. A real shared tower (ImageNet-scale) has seen enough
+varied structure to read spectrograms; a tiny tower trained on coloured shapes alone has
+not, so without the shared tower LAVisH would be measuring a tower that cannot hear.
+Everything is seeded, so the shipped weights can be rebuilt, and their card's held-out
+accuracy re-checked.
 """
 
 from __future__ import annotations
@@ -44,8 +51,10 @@ from bench.presets import Preset, TowerSpec
 from bench.tasks.base import DataShape
 from bench.towers import build_backbone
 
-ROLES = ("audio", "visual")
-# role -> (factor name, number of multi-hot labels); each factor is one block of the head's outputs
+CORPORA = ("audio", "visual")
+# tower role -> the corpora it is pretrained on (one head per corpus)
+ROLES: dict[str, tuple[str, ...]] = {"audio": ("audio",), "visual": ("visual",), "shared": CORPORA}
+# corpus -> (factor name, number of multi-hot labels); each factor is one block of its head's outputs
 FACTORS: dict[str, tuple[tuple[str, int], ...]] = {
     "audio": (("pitch", SOURCE_PITCHES), ("pattern", len(SOURCE_PATTERNS))),
     "visual": (("shape", len(SCENE_SHAPES)), ("hue", SCENE_HUES), ("orientation", SCENE_ORIENTATIONS)),
@@ -79,38 +88,49 @@ def weight_files(preset_name: str, out: Path) -> dict[str, Path]:
     return files | {"heads": out / f"{preset_name}_heads.safetensors", "card": out / f"{preset_name}_card.json"}
 
 
-def sample(role: str, gen: torch.Generator, n: int, shape: DataShape) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` inputs and their concatenated multi-hot labels [n, sum of factor sizes]."""
-    if role == "audio":
+def sample(corpus: str, gen: torch.Generator, n: int, shape: DataShape) -> tuple[torch.Tensor, torch.Tensor]:
+    """`n` inputs of `corpus` and their concatenated multi-hot labels [n, sum of factor sizes]."""
+    if corpus == "audio":
         x, *labels = render_sources(gen, n, shape.mel_bins, shape.mel_frames)
     else:
         x, *labels = render_scene(gen, n, shape.image_size)
     return x, torch.cat(labels, dim=1)
 
 
-def set_accuracy(logits: torch.Tensor, labels: torch.Tensor, role: str) -> dict[str, float]:
+def fit_channels(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """A 1-channel log-mel repeated to the tower's 3 channels, as LAVisH feeds it."""
+    chans = model.patch_embed.proj.in_channels
+    return x.expand(-1, chans, -1, -1) if x.shape[1] == 1 and chans != 1 else x
+
+
+def set_accuracy(logits: torch.Tensor, labels: torch.Tensor, corpus: str) -> dict[str, float]:
     """Per factor, the percentage of samples whose predicted set (logit > 0) is exactly
     right; `accuracy` is their mean."""
     scores, start = {}, 0
-    for name, size in FACTORS[role]:
+    for name, size in FACTORS[corpus]:
         hit = ((logits[:, start : start + size] > 0) == labels[:, start : start + size].bool()).all(1)
         scores[name] = 100.0 * hit.float().mean().item()
         start += size
     return {"accuracy": sum(scores.values()) / len(scores)} | scores
 
 
-def heldout_seed(seed: int, role: str) -> int:
-    return seed * 1000 + 10 + ROLES.index(role)
+def corpus_seed(seed: int, corpus: str) -> int:
+    """Seed of a corpus's training stream: every tower reading a corpus sees the same batches."""
+    return seed * 1000 + CORPORA.index(corpus)
+
+
+def heldout_seed(seed: int, corpus: str) -> int:
+    return seed * 1000 + 10 + CORPORA.index(corpus)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, head: nn.Module, role: str, shape: DataShape, seed: int, n: int) -> dict[str, float]:
-    """Set accuracy of tower + head on `n` held-out samples regenerated from `seed`."""
+def evaluate(model: nn.Module, head: nn.Module, corpus: str, shape: DataShape, seed: int, n: int) -> dict[str, float]:
+    """Set accuracy of tower + head on `n` held-out samples of `corpus` regenerated from `seed`."""
     model.eval()
-    gen = torch.Generator().manual_seed(heldout_seed(seed, role))
-    x, y = sample(role, gen, n, shape)
-    logits = torch.cat([head(model(chunk)) for chunk in x.split(500)])
-    return set_accuracy(logits, y, role)
+    gen = torch.Generator().manual_seed(heldout_seed(seed, corpus))
+    x, y = sample(corpus, gen, n, shape)
+    logits = torch.cat([head(model(fit_channels(chunk, model))) for chunk in x.split(500)])
+    return set_accuracy(logits, y, corpus)
 
 
 @contextmanager
@@ -125,25 +145,29 @@ def deterministic() -> Iterator[None]:
 
 def train_tower(
     role: str, spec: TowerSpec, shape: DataShape, cfg: PretrainConfig, seed: int, log: Callable[[str], None]
-) -> tuple[nn.Module, nn.Linear, dict[str, float]]:
-    """Train one tower (timm layout, no classifier) and its linear head; return both
-    and the held-out scores."""
+) -> tuple[nn.Module, nn.ModuleDict, dict[str, Any]]:
+    """Train one tower (timm layout, no classifier) with a linear head per corpus of its
+    role; each step adds one batch of every corpus. Return both and the held-out scores:
+    per corpus, and `accuracy` averaged over them."""
     start = time.perf_counter()
+    corpora = ROLES[role]
     with torch.random.fork_rng():
-        torch.manual_seed(seed * 1000 + ROLES.index(role))
+        torch.manual_seed(seed * 1000 + list(ROLES).index(role))
         model = build_backbone(spec).model.requires_grad_(True)
-        head = nn.Linear(model.num_features, sum(size for _, size in FACTORS[role]))
-    params = list(model.parameters()) + list(head.parameters())
+        heads = nn.ModuleDict({c: nn.Linear(model.num_features, sum(size for _, size in FACTORS[c])) for c in corpora})
+    params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,
         lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)),
     )
-    gen = torch.Generator().manual_seed(seed * 1000 + ROLES.index(role))
+    gens = {c: torch.Generator().manual_seed(corpus_seed(seed, c)) for c in corpora}
     model.train()
     for step in range(cfg.steps):
-        x, y = sample(role, gen, cfg.batch_size, shape)
-        loss = F.binary_cross_entropy_with_logits(head(model(x)), y)
+        loss = torch.zeros(())
+        for c in corpora:
+            x, y = sample(c, gens[c], cfg.batch_size, shape)
+            loss = loss + F.binary_cross_entropy_with_logits(heads[c](model(fit_channels(x, model))), y)
         if not torch.isfinite(loss):
             raise RuntimeError(f"pre-training the {role} tower diverged at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -153,22 +177,23 @@ def train_tower(
         sched.step()
         if (step + 1) % max(1, cfg.steps // 5) == 0:
             log(f"  {role} step {step + 1}/{cfg.steps}: loss {loss.item():.4f}")
-    scores = evaluate(model, head, role, shape, seed, cfg.heldout)
-    scores["train_s"] = round(time.perf_counter() - start, 1)
+    per_corpus = {c: evaluate(model, heads[c], c, shape, seed, cfg.heldout) for c in corpora}
+    scores: dict[str, Any] = {"accuracy": sum(r["accuracy"] for r in per_corpus.values()) / len(corpora)}
+    scores |= per_corpus | {"train_s": round(time.perf_counter() - start, 1)}
     log(f"{role} tower: held-out set accuracy {scores['accuracy']:.2f}% ({scores['train_s']}s)")
-    return model, head, scores
+    return model, heads, scores
 
 
 def recipe(preset: Preset, seed: int, cfg: PretrainConfig) -> dict[str, Any]:
     """Everything the weights depend on (the cache key of rebuilt weights)."""
-    towers = {role: asdict(getattr(preset, role)) for role in ROLES}
+    towers = {role: asdict(getattr(preset, role)) | {"corpora": list(ROLES[role])} for role in ROLES}
     return dict(preset=preset.name, towers=towers, shape=asdict(preset.shape), seed=seed, config=asdict(cfg))
 
 
 def pretrain(
     preset: Preset, out: Path, seed: int = 0, cfg: PretrainConfig | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """Pretrain both towers of `preset`; write their weights (timm layout without a
+    """Pretrain every tower role of `preset`; write their weights (timm layout without a
     classifier, loadable by `build_backbone`), the heads and a JSON card into `out`."""
     cfg = cfg or PretrainConfig()
     files = weight_files(preset.name, out)
@@ -176,16 +201,16 @@ def pretrain(
     heads, results = {}, {}
     with deterministic():
         for role in ROLES:
-            model, head, results[role] = train_tower(role, getattr(preset, role), preset.shape, cfg, seed, log)
+            model, role_heads, results[role] = train_tower(role, getattr(preset, role), preset.shape, cfg, seed, log)
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(files[role]))
-            heads |= {f"{role}.{k}": v.contiguous() for k, v in head.state_dict().items()}
+            heads |= {f"{role}.{k}": v.contiguous() for k, v in role_heads.state_dict().items()}
     save_file(heads, str(files["heads"]))
     card = recipe(preset, seed, cfg) | dict(
         data=DATA,
-        factors={role: dict(FACTORS[role]) for role in ROLES},
+        factors={corpus: dict(FACTORS[corpus]) for corpus in CORPORA},
         metric="per factor: % of held-out samples whose predicted label set (logit > 0) is exactly right; "
-        "accuracy: mean over the tower's factors",
-        heldout=dict(size=cfg.heldout, seeds={role: heldout_seed(seed, role) for role in ROLES}),
+        "per corpus: mean over its factors; accuracy: mean over the tower's corpora",
+        heldout=dict(size=cfg.heldout, seeds={corpus: heldout_seed(seed, corpus) for corpus in CORPORA}),
         results=results,
         command=f"python -m bench pretrain --preset {preset.name} --seed {seed}",
         versions=dict(torch=torch.__version__, timm=timm.__version__),
@@ -194,14 +219,15 @@ def pretrain(
     return card
 
 
-def load_heads(path: Path) -> dict[str, nn.Linear]:
-    """The pre-training heads saved next to the towers, per role."""
+def load_heads(path: Path) -> dict[tuple[str, str], nn.Linear]:
+    """The pre-training heads saved next to the towers, per (role, corpus)."""
     state = load_file(str(path))
     heads = {}
-    for role in ROLES:
-        weight = state[f"{role}.weight"]
-        heads[role] = nn.Linear(weight.shape[1], weight.shape[0])
-        heads[role].load_state_dict({"weight": weight, "bias": state[f"{role}.bias"]})
+    for role, corpora in ROLES.items():
+        for corpus in corpora:
+            weight = state[f"{role}.{corpus}.weight"]
+            heads[role, corpus] = nn.Linear(weight.shape[1], weight.shape[0])
+            heads[role, corpus].load_state_dict({"weight": weight, "bias": state[f"{role}.{corpus}.bias"]})
     return heads
 
 

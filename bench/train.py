@@ -116,18 +116,20 @@ def evaluate(model: TaskModel, task: Task, ds: Dataset, batch_size: int, device:
 
 def checkpoints_for(preset: Preset, run: ResolvedRun) -> dict[str, Path | None]:
     """Tower checkpoint per role: explicit path, `random`, or the preset's pretrained
-    weights (shipped, or rebuilt into the user cache on first use)."""
+    weights (shipped, or rebuilt into the user cache on first use). An unset shared
+    tower follows an explicitly set visual one (LAVisH shares the visual tower), else
+    takes the preset's own shared weights, else the visual tower's."""
     chosen: dict[str, Path | None] = {}
-    for role in ("audio", "visual"):
+    for role in ("audio", "visual", "shared"):
         value = getattr(run.towers, role)
         if value == "random":
             chosen[role] = None
         elif value:
             chosen[role] = Path(value)
+        elif role == "shared" and (run.towers.visual or role not in preset.default_weights):
+            chosen[role] = chosen["visual"]
         else:
             chosen[role] = default_checkpoints(preset).get(role)
-    shared = run.towers.shared
-    chosen["shared"] = None if shared == "random" else (Path(shared) if shared else chosen["visual"])
     return chosen
 
 

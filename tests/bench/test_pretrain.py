@@ -1,8 +1,11 @@
 """The tiny towers ship pretrained: they load strictly, their card's held-out accuracy
-is reproduced, and the pre-training command and first-use rebuild write what they say."""
+is reproduced, the shared tower sees exactly the specialists' data, the pre-training
+command and first-use rebuild write what they say, and runs pick the intended files."""
 
 import dataclasses
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,18 +13,22 @@ from safetensors.torch import load_file
 
 import bench.pretrain as pretrain_mod
 from bench.cli import main
+from bench.config import TowersConfig
 from bench.presets import get_preset
-from bench.pretrain import PretrainConfig, default_checkpoints, evaluate, load_heads, recipe, weight_files
+from bench.pretrain import ROLES, PretrainConfig, default_checkpoints, evaluate, load_heads, recipe, weight_files
 from bench.towers import build_backbone
+from bench.train import checkpoints_for
 
 TINY = get_preset("tiny")
 FILES = weight_files("tiny", next(iter(TINY.default_weights.values())).parent)
 FEW_STEPS = PretrainConfig(steps=2, batch_size=8, warmup=1, heldout=16)
+ALL_ROLES = ("audio", "visual", "shared")
 
 
 def test_tiny_towers_load_the_shipped_weights_strictly():
-    assert default_checkpoints(TINY) == {role: FILES[role] for role in ("audio", "visual")}
-    for role in ("audio", "visual"):
+    assert default_checkpoints(TINY) == {role: FILES[role] for role in ALL_ROLES}
+    assert TINY.shared == TINY.visual  # LAVisH's tower has the visual architecture, 3 channels
+    for role in ALL_ROLES:
         spec = getattr(TINY, role)
         saved = load_file(str(FILES[role]))
         loaded = build_backbone(spec, FILES[role]).model.state_dict()
@@ -37,13 +44,36 @@ def test_card_accuracy_is_reproduced_on_regenerated_heldout_data():
         json.dumps(recipe(TINY, card["seed"], PretrainConfig()))
     )  # the shipped weights come from the current recipe
     heads = load_heads(FILES["heads"])
-    for role in ("audio", "visual"):
+    assert set(heads) == {("audio", "audio"), ("visual", "visual"), ("shared", "audio"), ("shared", "visual")}
+    for role in ALL_ROLES:
         backbone = build_backbone(getattr(TINY, role), FILES[role])
         x = torch.randn(4, backbone.in_chans, *backbone.img_size)
         last, _ = backbone.forward_units(backbone.prepare(x))
         torch.testing.assert_close(backbone.pool(last), backbone.model(x))  # methods see what the head saw
-        scores = evaluate(backbone.model, heads[role], role, TINY.shape, card["seed"], card["heldout"]["size"])
-        assert scores["accuracy"] == pytest.approx(card["results"][role]["accuracy"], abs=0.5)
+        for corpus in ROLES[role]:
+            size = card["heldout"]["size"]
+            scores = evaluate(backbone.model, heads[role, corpus], corpus, TINY.shape, card["seed"], size)
+            assert scores["accuracy"] == pytest.approx(card["results"][role][corpus]["accuracy"], abs=0.5)
+
+
+def test_shared_tower_reads_both_corpora_batch_for_batch_like_the_specialists(tmp_path, monkeypatch):
+    drawn: list[tuple[str, float]] = []
+    real_sample = pretrain_mod.sample
+
+    def recording_sample(corpus, gen, n, shape):
+        x, y = real_sample(corpus, gen, n, shape)
+        drawn.append((corpus, x.sum().item()))
+        return x, y
+
+    monkeypatch.setattr(pretrain_mod, "sample", recording_sample)
+    card = pretrain_mod.pretrain(TINY, tmp_path, seed=1, cfg=FEW_STEPS, log=lambda _: None)
+    steps = FEW_STEPS.steps
+    audio, visual, shared = drawn[: steps + 1], drawn[steps + 1 : 2 * steps + 2], drawn[2 * steps + 2 :]
+    interleaved = [batch for pair in zip(audio[:steps], visual[:steps], strict=True) for batch in pair]
+    assert shared[: 2 * steps] == interleaved  # same training batches, one of each corpus per step
+    assert shared[2 * steps :] == [audio[-1], visual[-1]]  # scored on the specialists' held-out sets
+    result = card["results"]["shared"]
+    assert result["accuracy"] == pytest.approx((result["audio"]["accuracy"] + result["visual"]["accuracy"]) / 2)
 
 
 def test_pretrain_command_writes_loadable_weights_and_card(tmp_path, monkeypatch):
@@ -52,17 +82,17 @@ def test_pretrain_command_writes_loadable_weights_and_card(tmp_path, monkeypatch
     files = weight_files("tiny", tmp_path)
     card = json.loads(files["card"].read_text())
     assert card["seed"] == 3 and card["config"]["steps"] == 2 and card["versions"]["torch"] == torch.__version__
-    assert set(card["results"]) == {"audio", "visual"} and set(card["data"]) == {"audio", "visual"}
-    for role in ("audio", "visual"):
+    assert set(card["results"]) == set(ALL_ROLES) and set(card["data"]) == {"audio", "visual"}
+    for role in ALL_ROLES:
         assert 0.0 <= card["results"][role]["accuracy"] <= 100.0
         build_backbone(getattr(TINY, role), files[role])
-    assert set(load_heads(files["heads"])) == {"audio", "visual"}
+    assert len(load_heads(files["heads"])) == 4
 
 
 def test_missing_weights_are_rebuilt_into_the_cache_once(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain_mod, "PretrainConfig", lambda: FEW_STEPS)
     monkeypatch.setenv("METTLE_BENCH_CACHE", str(tmp_path / "cache"))
-    gone = {role: tmp_path / "shipped" / f"tiny_{role}.safetensors" for role in ("audio", "visual")}
+    gone = {role: tmp_path / "shipped" / f"tiny_{role}.safetensors" for role in ALL_ROLES}
     preset = dataclasses.replace(TINY, default_weights=gone)
     messages: list[str] = []
     paths = default_checkpoints(preset, messages.append)
@@ -71,3 +101,18 @@ def test_missing_weights_are_rebuilt_into_the_cache_once(tmp_path, monkeypatch):
     messages.clear()
     assert default_checkpoints(preset, messages.append) == paths and not messages
     build_backbone(TINY.audio, paths["audio"])
+
+
+def _chosen(preset_name: str, **towers: str) -> dict[str, Path | None]:
+    return checkpoints_for(get_preset(preset_name), SimpleNamespace(towers=TowersConfig(**towers)))
+
+
+def test_runs_pick_the_shipped_shared_tower_unless_told_otherwise(tmp_path):
+    mine = str(tmp_path / "swin.safetensors")
+    assert _chosen("tiny") == {role: FILES[role] for role in ALL_ROLES}
+    assert _chosen("tiny", visual=mine)["shared"] == Path(mine)  # a given visual tower is what LAVisH shares
+    assert _chosen("tiny", visual="random")["shared"] is None
+    assert _chosen("tiny", shared=mine)["shared"] == Path(mine)
+    assert _chosen("tiny", shared="random") == {"audio": FILES["audio"], "visual": FILES["visual"], "shared": None}
+    assert _chosen("smoke") == {"audio": None, "visual": None, "shared": None}  # nothing ships: random towers
+    assert _chosen("smoke", visual=mine)["shared"] == Path(mine)
