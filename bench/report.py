@@ -62,7 +62,9 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def summarize(records: list[dict[str, Any]], reference: str | None = None) -> pd.DataFrame:
     """Mean and std over seeds per (task, preset, source, method), with the memory and
-    time of each method relative to `reference` (default: lavish if present, else full)."""
+    time of each method relative to `reference` (default: lavish if present, else full).
+    Rows are grouped by task; tasks, and methods within a task, come in the order they
+    first appear in the records, so a partial rerun appended later does not scatter rows."""
     df = frame(records)
     if df.empty:
         return df
@@ -81,7 +83,9 @@ def summarize(records: list[dict[str, Any]], reference: str | None = None) -> pd
                 base = out[col].xs(ref, level="method")
                 out[name] = out[col] / base.reindex(out.index.droplevel("method")).to_numpy()
         out.attrs["reference"] = ref
-    return out.reset_index()
+    first_seen = {col: {name: i for i, name in enumerate(dict.fromkeys(df[col]))} for col in ("task", "method")}
+    out = out.reset_index().sort_values(["task", "method"], key=lambda c: c.map(first_seen[c.name]), kind="stable")
+    return out.reset_index(drop=True)
 
 
 def paper_table(summary: pd.DataFrame, all_metrics: bool = False) -> pd.DataFrame:

@@ -39,6 +39,24 @@ def test_summarize_means_stds_and_ratios_against_lavish():
     assert "full" not in s.index  # failed runs are kept out of the table
 
 
+def test_rows_group_by_task_in_first_seen_order_after_a_partial_rerun():
+    def on(task: str, method: str, seed: int) -> dict:
+        return _record(method, seed, 50.0, 100.0, 0.1) | {"task": task}
+
+    records = [on(t, m, 0) for t in ("avvp", "ave") for m in ("frozen", "mettle")]
+    records += [on("ave", "lavish", 0), on("avvp", "lavish", 0), on("avvp", "frozen", 1)]  # appended later
+    s = summarize(records)
+    assert list(zip(s["task"], s["method"], strict=True)) == [
+        ("avvp", "frozen"),
+        ("avvp", "mettle"),
+        ("avvp", "lavish"),
+        ("ave", "frozen"),
+        ("ave", "mettle"),
+        ("ave", "lavish"),
+    ]
+    assert s.attrs["reference"] == "lavish" and list(s["seeds"]) == [2, 1, 1, 1, 1, 1]
+
+
 def test_tables_mark_the_best_and_write_three_formats(tmp_path):
     table = write_tables(RECORDS, tmp_path)
     assert list(table["method"]) == ["lavish", "mettle"]
