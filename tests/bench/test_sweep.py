@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from itertools import product
 from pathlib import Path
 
 import optuna
@@ -21,7 +22,10 @@ from optuna.trial import TrialState
 
 from bench.cli import main
 from bench.results import ResultsStore
-from bench.sweep import make_storage
+from bench.runner import RunPlan, resolve
+from bench.sweep import SweepSpec, load_study_file, make_storage
+
+STUDIES = sorted((Path(__file__).parents[2] / "bench" / "studies").glob("*.toml"))
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--preset", "smoke", "--device", "cpu", "--set", "measure.enabled=false", "--objectives", "accuracy:max"]
@@ -168,3 +172,18 @@ def test_multi_objective_trials_sample_the_space_under_a_memory_cap(tmp_path):
         excess = t.system_attrs["constraints:train_mem_bytes_est"]
         assert excess == pytest.approx(t.values[1] - 1000) and excess > 0
     assert len(study_records(tmp_path, "mo")) == 3
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
+def test_every_shipped_study_resolves_at_every_grid_point(path):
+    data = load_study_file(path)
+    spec = SweepSpec(
+        data["method"], data["task"], data["grid"], data.get("preset", "tiny"), data.get("set", []), study=data["study"]
+    )
+    assert spec.study == path.stem  # tables and plots are named after the file
+    for point in product(*spec.grid.values()):
+        pairs = [f"{k}={v}" for k, v in zip(spec.grid, point, strict=True)]
+        (run,) = resolve(RunPlan([spec.method], [spec.task], spec.preset, overrides=[*spec.overrides, *pairs]))
+        for key, value in zip(spec.grid, point, strict=True):
+            section, field_name = key.split(".")
+            assert getattr(run.method_cfg if section == spec.method else run.task_cfg, field_name) == value
