@@ -141,7 +141,7 @@ def build_step(run: ResolvedRun, preset: Preset, device: torch.device) -> Step:
     """The task's synthetic data only shapes the batch; values do not change memory or time."""
     task = get_task(run.task)
     batch = to_device(task.synthetic(run.task_cfg, preset.shape)["train"].tensors, device)
-    model = build_model(run, preset, task).to(device)
+    model = build_model(run, preset, task)[0].to(device)
     model.train()
 
     def loss_fn() -> torch.Tensor:

@@ -28,9 +28,9 @@ from bench.config import (
 from bench.presets import Preset, get_preset
 from bench.pretrain import default_checkpoints
 from bench.registry import METHODS, get_method, get_task, task_names
-from bench.results import ResultsStore, environment, git_state, new_record, run_key
+from bench.results import ResultsStore, environment, git_state, new_record, run_key, tower_weights
 from bench.tasks.base import DataShape
-from bench.train import NonFiniteLoss, is_main_process, resolve_device, train_run
+from bench.train import NonFiniteLoss, checkpoints_for, is_main_process, resolve_device, train_run
 
 
 @dataclass
@@ -142,11 +142,14 @@ def execute(
         for run in runs:
             key = run_key(run.method, run.task, run.preset, run.source, run.seed, run.to_dict())
             label = f"{run.method} / {run.task} / seed {run.seed}"
-            if key in finished and not plan.force:
+            changed = key in finished and weights_changed(finished[key], preset, run)
+            if key in finished and not plan.force and not changed:
                 console.print(f"skip {label}: already finished in {store.path} (use --force to rerun)")
                 records.append(finished[key])
                 progress.advance(overall)
                 continue
+            if changed:
+                console.print(f"rerun {label}: its tower weights differ from those {store.path} recorded")
             steps = progress.add_task(label, total=None)
             record = run_one(
                 run, preset, cache, key, git, lambda d, t, s=steps: progress.update(s, completed=d, total=t)
@@ -165,6 +168,18 @@ def execute(
     return records
 
 
+def weights_changed(record: dict[str, Any], preset: Preset, run: ResolvedRun) -> bool:
+    """Whether a finished record's towers were built from other weights than this run's
+    would be (same config, e.g. a checkpoint replaced in place or new shipped weights).
+    Records written before weights were recorded cannot tell, and count as current."""
+    recorded = record.get("weights")
+    if not recorded:
+        return False
+    paths = checkpoints_for(preset, run)
+    current = tower_weights({role: paths[role] for role in recorded})
+    return any(current[role]["sha256"] != recorded[role]["sha256"] for role in recorded)
+
+
 def run_one(
     run: ResolvedRun, preset: Preset, cache: DataCache, key: str, git: dict[str, Any], on_step
 ) -> dict[str, Any]:
@@ -175,7 +190,7 @@ def run_one(
         datasets = cache.get(run, preset.shape)
         outcome = train_run(run, preset, datasets, on_step)
         metrics, efficiency = outcome.metrics, outcome.efficiency
-        extra = {"best_epoch": outcome.best_epoch, "val_history": outcome.val_history}
+        extra = {"best_epoch": outcome.best_epoch, "val_history": outcome.val_history, "weights": outcome.weights}
     except ConfigError:
         raise
     except NonFiniteLoss as err:

@@ -20,6 +20,7 @@ from bench.measure import measure_efficiency
 from bench.presets import Preset
 from bench.pretrain import default_checkpoints
 from bench.registry import get_method, get_task
+from bench.results import tower_weights
 from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset
 from bench.towers import build_towers
 
@@ -34,6 +35,7 @@ class RunOutcome:
     efficiency: dict[str, Any]
     best_epoch: int
     val_history: list[float]
+    weights: dict[str, dict[str, str | None]]  # tower role -> file and digest (bench.results.tower_weights)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,12 +135,14 @@ def checkpoints_for(preset: Preset, run: ResolvedRun) -> dict[str, Path | None]:
     return chosen
 
 
-def build_model(run: ResolvedRun, preset: Preset, task: Task) -> TaskModel:
+def build_model(run: ResolvedRun, preset: Preset, task: Task) -> tuple[TaskModel, dict[str, Path | None]]:
+    """The model, and the checkpoint of each tower role the method actually built."""
     torch.manual_seed(run.seed)
-    towers = build_towers(preset, checkpoints_for(preset, run), run.seed)
+    checkpoints = checkpoints_for(preset, run)
+    towers = build_towers(preset, checkpoints, run.seed)
     encoder = get_method(run.method).build(towers, task.spec(run.task_cfg), run.method_cfg)
     head = task.head(run.task_cfg, encoder)
-    return TaskModel(encoder, head)
+    return TaskModel(encoder, head), {role: checkpoints[role] for role in towers.built_roles}
 
 
 def param_groups(model: TaskModel, run: ResolvedRun) -> list[dict[str, Any]]:
@@ -158,7 +162,8 @@ def train_run(
     device = resolve_device(run.device)
     if device.type == "cuda" and dist.is_initialized():
         device = torch.device("cuda", torch.cuda.current_device())
-    model = build_model(run, preset, task).to(device)
+    model, checkpoints = build_model(run, preset, task)
+    model = model.to(device)
     # DDP averages gradients over ranks; every rank evaluates the whole val/test split itself.
     # A method may leave some trainable parameters out of a step; DDP must not wait for their grads.
     trained = DistributedDataParallel(model, find_unused_parameters=True) if dist.is_initialized() else model
@@ -199,7 +204,7 @@ def train_run(
     metrics["val_" + task.selection_metric] = best
     measured = run.measure.enabled and is_main_process()  # other ranks' records are dropped
     efficiency = measure_model(model, task, run, datasets["train"], device, amp) if measured else {}
-    return RunOutcome(metrics, efficiency, best_epoch, history)
+    return RunOutcome(metrics, efficiency, best_epoch, history, tower_weights(checkpoints))
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

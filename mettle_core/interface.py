@@ -67,6 +67,11 @@ class Towers:
         return self._built[role]
 
     @property
+    def built_roles(self) -> tuple[str, ...]:
+        """The roles a method has actually read (what its record must name)."""
+        return tuple(self._built)
+
+    @property
     def audio(self) -> Backbone:
         return self._get("audio")
 

@@ -9,9 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.cli import main
-from bench.results import ResultsStore
+from bench.presets import get_preset
+from bench.results import ResultsStore, file_digest
+from bench.runner import RunPlan, resolve, weights_changed
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = ["run", "--methods", "frozen,full", "--tasks", "ave", "--preset", "smoke", "--device", "cpu"]
@@ -73,6 +76,43 @@ def test_rerun_skips_finished_runs_and_force_reruns(smoke_out, capsys):
     for r in records:
         by_method.setdefault(r["method"], []).append(r["metrics"])
     assert all(a == b for a, b in by_method.values())
+
+
+def _save_tower(path: Path, role: str, seed: int) -> str:
+    from safetensors.torch import save_file
+
+    from bench.presets import get_preset
+    from bench.towers import build_backbone
+
+    torch.manual_seed(seed)
+    state = build_backbone(getattr(get_preset("smoke"), role)).model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return file_digest(path)
+
+
+def test_records_name_the_weights_each_tower_was_built_from_and_reruns_follow_them(tmp_path, capsys):
+    visual = tmp_path / "visual.safetensors"
+    digest = _save_tower(visual, "visual", 0)
+    run = ["run", "--tasks", "ave", "--preset", "smoke", "--set", "measure.enabled=false", "--out", str(tmp_path)]
+    assert main([*run, "--methods", "frozen,lavish", "--set", f"towers.visual={visual}"]) == 0
+    weights = {r["method"]: r["weights"] for r in _records(tmp_path)}
+    assert weights["frozen"] == {
+        "audio": {"file": None, "sha256": None},
+        "visual": {"file": str(visual), "sha256": digest},
+    }
+    assert weights["lavish"] == {"shared": {"file": str(visual), "sha256": digest}}  # it shares the given visual tower
+    capsys.readouterr()
+    assert main([*run, "--methods", "frozen,lavish", "--set", f"towers.visual={visual}"]) == 0
+    assert capsys.readouterr().err.count("skip ") == 2
+    changed = _save_tower(visual, "visual", 1)  # new weights under the same path: the config is unchanged
+    assert changed != digest
+    assert main([*run, "--methods", "frozen,lavish", "--set", f"towers.visual={visual}"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("rerun ") == 2 and "tower weights differ" in err and "skip " not in err
+    latest = _records(tmp_path)[-2:]
+    assert [r["weights"]["shared" if r["method"] == "lavish" else "visual"]["sha256"] for r in latest] == [changed] * 2
+    legacy = {k: v for k, v in _records(tmp_path)[-1].items() if k != "weights"}  # records from before weights existed
+    assert not weights_changed(legacy, get_preset("smoke"), resolve(RunPlan(["lavish"], ["ave"], "smoke"))[0])
 
 
 @pytest.mark.parametrize(
