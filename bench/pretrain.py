@@ -50,6 +50,7 @@ from bench.data.synthetic import (
 from bench.presets import Preset, TowerSpec
 from bench.tasks.base import DataShape
 from bench.towers import build_backbone
+from mettle_core.backbone import Backbone
 
 CORPORA = ("audio", "visual")
 # tower role -> the corpora it is pretrained on (one head per corpus)
@@ -97,12 +98,6 @@ def sample(corpus: str, gen: torch.Generator, n: int, shape: DataShape) -> tuple
     return x, torch.cat(labels, dim=1)
 
 
-def fit_channels(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """A 1-channel log-mel repeated to the tower's 3 channels, as LAVisH feeds it."""
-    chans = model.patch_embed.proj.in_channels
-    return x.expand(-1, chans, -1, -1) if x.shape[1] == 1 and chans != 1 else x
-
-
 def set_accuracy(logits: torch.Tensor, labels: torch.Tensor, corpus: str) -> dict[str, float]:
     """Per factor, the percentage of samples whose predicted set (logit > 0) is exactly
     right; `accuracy` is their mean."""
@@ -124,12 +119,13 @@ def heldout_seed(seed: int, corpus: str) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, head: nn.Module, corpus: str, shape: DataShape, seed: int, n: int) -> dict[str, float]:
-    """Set accuracy of tower + head on `n` held-out samples of `corpus` regenerated from `seed`."""
-    model.eval()
+def evaluate(tower: Backbone, head: nn.Module, corpus: str, shape: DataShape, seed: int, n: int) -> dict[str, float]:
+    """Set accuracy of tower + head on `n` held-out samples of `corpus` regenerated from `seed`
+    (a log-mel fed to a 3-channel tower is repeated, as LAVisH feeds it)."""
+    tower.model.eval()
     gen = torch.Generator().manual_seed(heldout_seed(seed, corpus))
     x, y = sample(corpus, gen, n, shape)
-    logits = torch.cat([head(model(fit_channels(chunk, model))) for chunk in x.split(500)])
+    logits = torch.cat([head(tower.model(tower.prepare(chunk))) for chunk in x.split(500)])
     return set_accuracy(logits, y, corpus)
 
 
@@ -153,7 +149,8 @@ def train_tower(
     corpora = ROLES[role]
     with torch.random.fork_rng():
         torch.manual_seed(seed * 1000 + list(ROLES).index(role))
-        model = build_backbone(spec).model.requires_grad_(True)
+        tower = build_backbone(spec)
+        model = tower.model.requires_grad_(True)
         heads = nn.ModuleDict({c: nn.Linear(model.num_features, sum(size for _, size in FACTORS[c])) for c in corpora})
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -167,7 +164,7 @@ def train_tower(
         loss = torch.zeros(())
         for c in corpora:
             x, y = sample(c, gens[c], cfg.batch_size, shape)
-            loss = loss + F.binary_cross_entropy_with_logits(heads[c](model(fit_channels(x, model))), y)
+            loss = loss + F.binary_cross_entropy_with_logits(heads[c](model(tower.prepare(x))), y)
         if not torch.isfinite(loss):
             raise RuntimeError(f"pre-training the {role} tower diverged at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -177,7 +174,7 @@ def train_tower(
         sched.step()
         if (step + 1) % max(1, cfg.steps // 5) == 0:
             log(f"  {role} step {step + 1}/{cfg.steps}: loss {loss.item():.4f}")
-    per_corpus = {c: evaluate(model, heads[c], c, shape, seed, cfg.heldout) for c in corpora}
+    per_corpus = {c: evaluate(tower, heads[c], c, shape, seed, cfg.heldout) for c in corpora}
     scores: dict[str, Any] = {"accuracy": sum(r["accuracy"] for r in per_corpus.values()) / len(corpora)}
     scores |= per_corpus | {"train_s": round(time.perf_counter() - start, 1)}
     log(f"{role} tower: held-out set accuracy {scores['accuracy']:.2f}% ({scores['train_s']}s)")

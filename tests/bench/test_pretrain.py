@@ -52,7 +52,7 @@ def test_card_accuracy_is_reproduced_on_regenerated_heldout_data():
         torch.testing.assert_close(backbone.pool(last), backbone.model(x))  # methods see what the head saw
         for corpus in ROLES[role]:
             size = card["heldout"]["size"]
-            scores = evaluate(backbone.model, heads[role, corpus], corpus, TINY.shape, card["seed"], size)
+            scores = evaluate(backbone, heads[role, corpus], corpus, TINY.shape, card["seed"], size)
             assert scores["accuracy"] == pytest.approx(card["results"][role][corpus]["accuracy"], abs=0.5)
 
 
