@@ -1,19 +1,26 @@
 #!/usr/bin/env bash
-# Profile every method on one CUDA GPU at the base and paper presets (a few minutes on an
-# H100): measured peak allocated / reserved memory, step time, FLOPs, the largest batch in
-# 24 GiB, and a batch-size sweep at base. Reports land in OUT (default results/profile-gpu).
-# A point that fails (OOM) is recorded with its status; the script goes on and exits 1.
+# Profile the methods on one CUDA GPU in a few minutes (about 6 on an H100): every method at
+# the paper and base presets (batch 1, T = 10: measured peak allocated / reserved memory, step
+# time, FLOPs), the largest batch that fits in 24 GiB for Mettle and LAVisH at the paper
+# preset (real steps until OOM, bisected), and a batch-size sweep of the two at base. Reports
+# land in OUT (default results/profile-gpu), one folder per command. A point that fails (OOM)
+# is recorded with its status; the script goes on and exits 1. PYTHON picks the interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/profile-gpu}
-METHODS=frozen,lora,lavish,mettle,full
-python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'CUDA is not available')" || exit 2
+PY=${PYTHON:-python}
+ALL=frozen,lora,lavish,mettle,full
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'CUDA is not available')" || exit 2
 status=0
-for preset in base paper; do
-    python -m bench profile --methods "$METHODS" --preset "$preset" --batch-size 1 --segments 10 \
-        --device cuda --warmup 2 --repeats 5 --budget 24GiB --out "$OUT/$preset" || status=1
-done
-python -m bench profile --methods "$METHODS" --preset base --segments 10 --device cuda \
-    --warmup 2 --repeats 5 --sweep batch-size=1,2,4,8 --out "$OUT/base-batch" || status=1
-echo "reports: $OUT/{base,paper,base-batch}/profile.md"
+profile() {  # profile NAME ARGS...: one `bench profile` into OUT/NAME
+    local name=$1
+    shift
+    echo "== $name: bench profile $*"
+    "$PY" -m bench profile --device cuda --warmup 3 --repeats 10 --out "$OUT/$name" "$@" || status=1
+}
+profile paper --methods "$ALL" --preset paper --batch-size 1 --segments 10
+profile base --methods "$ALL" --preset base --batch-size 1 --segments 10
+profile paper-budget --methods mettle,lavish --preset paper --batch-size 1 --segments 10 --budget 24GiB
+profile base-batch --methods mettle,lavish --preset base --segments 10 --sweep batch-size=1,2,4,8
+echo "reports: $OUT/{paper,base,paper-budget,base-batch}/profile.md"
 exit $status
