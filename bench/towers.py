@@ -16,12 +16,15 @@ from mettle_core.interface import Towers
 def build_backbone(spec: TowerSpec, checkpoint: Path | None = None) -> Backbone:
     """A frozen, eval-mode tower. `checkpoint` is a local file (.safetensors, .pth,
     .bin) read through timm's pretrained_cfg_overlay, so timm's key filters run
-    (position-embedding resizing, channel adaptation); nothing is downloaded."""
+    (position-embedding resizing, channel adaptation); nothing is downloaded. Some timm
+    configs (the augreg ViTs) mark their hub weights as JAX .npz files for the model's own
+    loader; that loader is kept for .npz files only, since before timm 1.0.31 it refuses
+    a PyTorch state dict."""
     kwargs = dict(spec.kwargs, num_classes=0, in_chans=spec.in_chans, img_size=spec.img_size)
     if checkpoint is not None:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"tower checkpoint {checkpoint} does not exist")
-        overlay = dict(file=str(checkpoint), num_classes=0)
+        overlay = dict(file=str(checkpoint), num_classes=0, custom_load=checkpoint.suffix == ".npz")
         chans = _checkpoint_in_chans(checkpoint)
         if chans is not None:  # timm assumes 3 source channels unless told; it adapts (sums) otherwise
             overlay["input_size"] = (chans, *spec.img_size)
