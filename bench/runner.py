@@ -57,6 +57,7 @@ def all_sections() -> dict[str, type]:
 def resolve(plan: RunPlan) -> list[ResolvedRun]:
     """Check every name and override before anything runs (bad usage exits 2)."""
     preset = get_preset(plan.preset)
+    resolve_device(plan.device)
     for m in plan.methods:
         get_method(m)
     for t in plan.tasks:

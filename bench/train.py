@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from bench.config import ResolvedRun
+from bench.config import ConfigError, ResolvedRun
 from bench.measure import measure_efficiency
 from bench.presets import Preset
 from bench.pretrain import default_checkpoints
@@ -39,10 +39,14 @@ class RunOutcome:
 
 
 def resolve_device(name: str) -> torch.device:
+    """cpu, or the current CUDA device with its index (some torch.cuda calls, such as
+    set_per_process_memory_fraction, refuse a bare "cuda"); auto picks CUDA when present."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but CUDA is not available")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device cuda: CUDA is not available here (torch {torch.__version__})")
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 
@@ -160,8 +164,6 @@ def train_run(
     test metrics with it, then measure efficiency on one training batch."""
     task = get_task(run.task)
     device = resolve_device(run.device)
-    if device.type == "cuda" and dist.is_initialized():
-        device = torch.device("cuda", torch.cuda.current_device())
     model, checkpoints = build_model(run, preset, task)
     model = model.to(device)
     # DDP averages gradients over ranks; every rank evaluates the whole val/test split itself.
