@@ -384,7 +384,7 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         for r in records
         if r["status"] == "ok" or (r["status"] == "killed" and r["efficiency"])
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=None if rows else ["method", "batch", "T"])
 
 
 def with_ratios(df: pd.DataFrame, reference: str) -> pd.DataFrame:

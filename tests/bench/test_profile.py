@@ -8,7 +8,17 @@ import pytest
 
 from bench.budgets import load, write
 from bench.cli import main
-from bench.profile import Point, ProfileSpec, frame, isolated_point, parse_size, parse_sweep
+from bench.profile import (
+    Point,
+    ProfileSpec,
+    display_table,
+    frame,
+    isolated_point,
+    parse_size,
+    parse_sweep,
+    with_ratios,
+    write_report,
+)
 from bench.results import ResultsStore
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +83,22 @@ def test_budget_reports_the_largest_batch_on_cpu(tmp_path):
     assert eff["budget_per_sample_bytes"] > 0
     fixed, per = eff["budget_fixed_bytes"], eff["budget_per_sample_bytes"]
     assert fixed + eff["budget_max_batch"] * per <= 64 * 2**20 < fixed + (eff["budget_max_batch"] + 1) * per
+
+
+def test_a_profile_where_every_point_failed_still_reports(tmp_path):
+    """All points erroring (the first CUDA budget search did) must end in a report naming
+    each failure, not in a pandas KeyError."""
+    spec = ProfileSpec(methods=["mettle", "lavish"], preset="smoke", device="cpu")
+    records = [
+        Point(spec, m, 1, 10, "cmd", [], {"sha": "abc", "dirty": False}).record("error", f"ValueError: {m}", {})
+        for m in spec.methods
+    ]
+    table = display_table(with_ratios(frame(records), spec.reference))
+    assert table.empty and list(table.columns) == ["method", "batch", "T"]
+    (md,) = write_report(records, spec, tmp_path, "cmd")
+    text = md.read_text()
+    assert "no finished points" in text
+    assert "- mettle (batch 1, T 10): error: ValueError: mettle" in text and "ValueError: lavish" in text
 
 
 @pytest.mark.parametrize(
