@@ -181,6 +181,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         overrides=args.overrides,
         force=args.force,
         tune=args.tune,
+        command=args.command_line,
     )
     resolve(plan)  # usage errors surface before any work
     with distributed(args.device):
@@ -224,6 +225,7 @@ def sweep_spec(args: argparse.Namespace):
         max_memory=args.max_memory,
         study=args.study or data.get("study", ""),
         device=args.device,
+        command=args.command_line,
     )
 
 

@@ -45,6 +45,7 @@ class RunPlan:
     force: bool = False
     tags: dict[str, str] = field(default_factory=dict)
     tune: str | None = None  # "section.key=v1,v2,...": every method gets the same candidates, chosen on val
+    command: str | None = None  # the command line that asked for these runs; every record keeps it
 
 
 def all_sections() -> dict[str, type]:
@@ -153,7 +154,13 @@ def execute(
                 console.print(f"rerun {label}: its tower weights differ from those {store.path} recorded")
             steps = progress.add_task(label, total=None)
             record = run_one(
-                run, preset, cache, key, git, lambda d, t, s=steps: progress.update(s, completed=d, total=t)
+                run,
+                preset,
+                cache,
+                key,
+                git,
+                plan.command,
+                lambda d, t, s=steps: progress.update(s, completed=d, total=t),
             )
             progress.remove_task(steps)
             if is_main_process():  # under torchrun every rank has the same record; one is kept
@@ -182,7 +189,13 @@ def weights_changed(record: dict[str, Any], preset: Preset, run: ResolvedRun) ->
 
 
 def run_one(
-    run: ResolvedRun, preset: Preset, cache: DataCache, key: str, git: dict[str, Any], on_step
+    run: ResolvedRun,
+    preset: Preset,
+    cache: DataCache,
+    key: str,
+    git: dict[str, Any],
+    command: str | None,
+    on_step,
 ) -> dict[str, Any]:
     device = resolve_device(run.device)
     start = time.perf_counter()
@@ -204,6 +217,7 @@ def run_one(
     return new_record(
         key=key,
         git=git,
+        command=command,
         method=run.method,
         task=run.task,
         preset=run.preset,

@@ -61,6 +61,7 @@ class SweepSpec:
     max_memory: float | None = None  # bytes of train_mem_bytes_est; a constraint of the sampler
     study: str = ""
     device: str = "auto"
+    command: str | None = None  # the sweep's command line, kept in every run record
 
     def __post_init__(self) -> None:
         if not self.grid:
@@ -223,6 +224,7 @@ def make_objective(spec: SweepSpec, out: Path, console: Console) -> Callable[[Tr
             overrides=[*spec.overrides, *(f"{k}={v}" for k, v in params.items())],
             force=True,  # a point shared with another study or an earlier run is rerun and tagged here
             tags={"study": spec.study, "trial": str(trial.number), "swept": ",".join(spec.grid)},
+            command=spec.command,
         )
         records = execute(plan, out, console)
         trial.set_user_attr("run_ids", [r["run_id"] for r in records])

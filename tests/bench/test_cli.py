@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -49,6 +50,7 @@ def test_run_writes_records_tables_and_figures(smoke_out):
         assert "accuracy" in r["metrics"]
         assert EFFICIENCY_KEYS <= set(r["efficiency"])
         assert r["config"]["train"]["epochs"] == 1 and r["env"]["torch"] and "sha" in r["git"]
+        assert r["command"] == shlex.join(["python", "-m", "bench", *RUN, "--out", str(smoke_out)])
     for ext in ("md", "tex", "csv"):
         assert (smoke_out / "tables" / f"results.{ext}").is_file()
     assert list((smoke_out / "figures").glob("*.png"))

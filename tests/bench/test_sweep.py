@@ -6,6 +6,7 @@ Slow by nature (each worker process imports torch, timm and peft): about 4-5 min
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -171,7 +172,8 @@ def test_multi_objective_trials_sample_the_space_under_a_memory_cap(tmp_path):
     for t in done:  # 1000 bytes is below any run: every trial is infeasible by its measured memory
         excess = t.system_attrs["constraints:train_mem_bytes_est"]
         assert excess == pytest.approx(t.values[1] - 1000) and excess > 0
-    assert len(study_records(tmp_path, "mo")) == 3
+    records = study_records(tmp_path, "mo")
+    assert len(records) == 3 and all(r["command"] == shlex.join(["python", "-m", "bench", *args]) for r in records)
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=[p.stem for p in STUDIES])
