@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Profile the methods on one CUDA GPU in a few minutes (about 6 on an H100): every method at
-# the paper and base presets (batch 1, T = 10: measured peak allocated / reserved memory, step
-# time, FLOPs), the largest batch that fits in 24 GiB for Mettle and LAVisH at the paper
-# preset (real steps until OOM, bisected), and a batch-size sweep of the two at base. Reports
-# land in OUT (default results/profile-gpu), one folder per command. A point that fails (OOM)
-# is recorded with its status; the script goes on and exits 1. PYTHON picks the interpreter.
+# Profile the methods on one CUDA GPU in a few minutes (an H100's run: results/profile-gpu/):
+# every method at the paper and base presets (batch 1, T = 10: measured peak allocated /
+# reserved memory, step time, FLOPs), the largest batch that fits in 24 GiB for Mettle and
+# LAVisH at the paper preset (real steps until OOM, bisected), and a batch-size sweep of the
+# two at base. Reports land in OUT (default results/profile-gpu), one folder per command. A
+# point that fails (OOM) is recorded with its status; the script goes on and exits 1.
+# PYTHON picks the interpreter.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-results/profile-gpu}
