@@ -28,7 +28,8 @@ def tiny_vit(in_chans: int = 3, depth: int = 2) -> Backbone:
 
 
 def tiny_swin(in_chans: int = 3) -> Backbone:
-    """Swin-V2 with stages of widths 16/32/64/128 (depths 1-1-2-1) on 32x32 inputs."""
+    """Swin-V2 with stages of widths 16/32/64/128 (depths 1-1-2-1) on 64x64 inputs: the last
+    stage is 2x2 (timm before 1.0.31 gives NaN on a 1x1 stage)."""
     return Backbone(
         timm.create_model(
             "swinv2_tiny_window8_256",
@@ -36,7 +37,7 @@ def tiny_swin(in_chans: int = 3) -> Backbone:
             depths=(1, 1, 2, 1),
             num_heads=(1, 2, 2, 4),
             window_size=4,
-            img_size=32,
+            img_size=64,
             num_classes=0,
             in_chans=in_chans,
         )

@@ -30,9 +30,9 @@ def test_swin_units_run_downsample_first_and_report_stage_widths():
     assert [u.dim for u in bb.units] == [16, 32, 64, 64, 128]
     assert [u.downsample is not None for u in bb.units] == [False, True, True, False, True]
     assert bb.stage_dims == (16, 32, 64, 128)
-    _, kept = bb.forward_units(torch.randn(1, 3, 32, 32), keep=set(bb.pyramid_units()))
+    _, kept = bb.forward_units(torch.randn(1, 3, 64, 64), keep=set(bb.pyramid_units()))
     shapes = [tuple(bb.grid(kept[i]).shape) for i in bb.pyramid_units()]
-    assert shapes == [(1, 16, 8, 8), (1, 32, 4, 4), (1, 64, 2, 2), (1, 128, 1, 1)]
+    assert shapes == [(1, 16, 16, 16), (1, 32, 8, 8), (1, 64, 4, 4), (1, 128, 2, 2)]
 
 
 def test_vit_grid_drops_the_class_token_and_pyramid_spreads_over_depth():
