@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import types
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
@@ -55,6 +56,15 @@ class TowersConfig:
     audio: str = ""
     visual: str = ""
     shared: str = ""
+
+    def __post_init__(self) -> None:
+        for role in ("audio", "visual", "shared"):
+            value = getattr(self, role)
+            if value not in ("", "random") and not Path(value).is_file():
+                raise ConfigError(
+                    f"towers.{role}={value!r}: no such file (expected a local checkpoint, "
+                    ".safetensors, .pth, .bin or .npz, or 'random')"
+                )
 
 
 BASE_SECTIONS: dict[str, type] = {"train": TrainConfig, "measure": MeasureConfig, "towers": TowersConfig}

@@ -8,6 +8,7 @@ import timm
 import torch
 from safetensors import safe_open
 
+from bench.config import ConfigError
 from bench.presets import Preset, TowerSpec
 from mettle_core.backbone import Backbone
 from mettle_core.interface import Towers
@@ -29,7 +30,16 @@ def build_backbone(spec: TowerSpec, checkpoint: Path | None = None) -> Backbone:
         if chans is not None:  # timm assumes 3 source channels unless told; it adapts (sums) otherwise
             overlay["input_size"] = (chans, *spec.img_size)
         kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
-    model = timm.create_model(spec.model, **kwargs)
+        try:
+            model = timm.create_model(spec.model, **kwargs)
+        except (KeyError, RuntimeError) as err:  # timm's key filter or the strict state-dict load
+            why = " ".join(str(err).split())[:300]
+            raise ConfigError(
+                f"tower checkpoint {checkpoint} does not fit {spec.model} with {spec.kwargs} "
+                f"({spec.in_chans} channels, {spec.img_size}): {type(err).__name__}: {why}"
+            ) from err
+    else:
+        model = timm.create_model(spec.model, **kwargs)
     model.requires_grad_(False)
     model.eval()
     return Backbone(model)

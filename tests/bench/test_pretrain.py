@@ -109,6 +109,7 @@ def _chosen(preset_name: str, **towers: str) -> dict[str, Path | None]:
 
 def test_runs_pick_the_shipped_shared_tower_unless_told_otherwise(tmp_path):
     mine = str(tmp_path / "swin.safetensors")
+    Path(mine).touch()  # towers.* must name an existing file
     assert _chosen("tiny") == {role: FILES[role] for role in ALL_ROLES}
     assert _chosen("tiny", visual=mine)["shared"] == Path(mine)  # a given visual tower is what LAVisH shares
     assert _chosen("tiny", visual="random")["shared"] is None

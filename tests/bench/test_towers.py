@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import VisionTransformer
 
+from bench.config import ConfigError
 from bench.presets import get_preset
 from bench.towers import build_backbone
 
@@ -55,9 +56,18 @@ def test_a_missing_checkpoint_names_the_file(tmp_path):
         build_backbone(TINY.audio, tmp_path / "nope.safetensors")
 
 
-def test_a_checkpoint_of_another_tower_is_refused(tmp_path):
-    """Strict loading: a file whose keys do not fit the tower is an error, not a silent partial load."""
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"head.weight": torch.zeros(2, 2)},  # another model's keys
+        {**load_file(str(AUDIO)), "blocks.0.norm1.weight": torch.zeros(3)},  # right keys, wrong shape
+    ],
+    ids=["keys", "shape"],
+)
+def test_a_checkpoint_of_another_tower_is_refused_naming_the_file(tmp_path, state):
+    """Strict loading: a file that does not fit the tower is a usage error naming the file
+    and the tower, not a silent partial load or a bare KeyError from timm's key filter."""
     other = tmp_path / "other.safetensors"
-    save_file({"head.weight": torch.zeros(2, 2)}, str(other))
-    with pytest.raises(RuntimeError, match="Missing key"):
+    save_file(state, str(other))
+    with pytest.raises(ConfigError, match=r"tower checkpoint .*other.safetensors does not fit vit_tiny_patch16_224"):
         build_backbone(TINY.audio, other)
