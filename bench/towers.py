@@ -30,16 +30,16 @@ def build_backbone(spec: TowerSpec, checkpoint: Path | None = None) -> Backbone:
         if chans is not None:  # timm assumes 3 source channels unless told; it adapts (sums) otherwise
             overlay["input_size"] = (chans, *spec.img_size)
         kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
-        try:
-            model = timm.create_model(spec.model, **kwargs)
-        except (KeyError, RuntimeError) as err:  # timm's key filter or the strict state-dict load
-            why = " ".join(str(err).split())[:300]
-            raise ConfigError(
-                f"tower checkpoint {checkpoint} does not fit {spec.model} with {spec.kwargs} "
-                f"({spec.in_chans} channels, {spec.img_size}): {type(err).__name__}: {why}"
-            ) from err
-    else:
+    try:
         model = timm.create_model(spec.model, **kwargs)
+    except (KeyError, RuntimeError) as err:  # timm's key filter or the strict state-dict load
+        if checkpoint is None:
+            raise
+        why = " ".join(str(err).split())[:300]
+        raise ConfigError(
+            f"tower checkpoint {checkpoint} does not fit {spec.model} with {spec.kwargs} "
+            f"({spec.in_chans} channels, {spec.img_size}): {type(err).__name__}: {why}"
+        ) from err
     model.requires_grad_(False)
     model.eval()
     return Backbone(model)
