@@ -28,11 +28,8 @@ PROBE = "frozen-avg-readout"
 
 
 def avg_readout(self: Backbone, x: torch.Tensor) -> torch.Tensor:
-    """Final norm, then the mean over patch tokens (prefix tokens excluded)."""
-    x = self.final_norm(x)
-    if x.ndim == 4:
-        return x.mean(dim=(1, 2))
-    return x[:, self.num_prefix_tokens :].mean(dim=1)
+    """Final norm, then the mean over patch tokens (the tiny ViT's class token excluded)."""
+    return self.final_norm(x)[:, self.num_prefix_tokens :].mean(dim=1)
 
 
 def main(argv: list[str]) -> int:

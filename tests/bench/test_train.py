@@ -24,8 +24,8 @@ def test_auto_without_cuda_is_the_cpu(monkeypatch):
         resolve_device("cuda")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_run_on_cuda_without_cuda_exits_2_before_any_work(tmp_path, capsys):
+def test_run_on_cuda_without_cuda_exits_2_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert main(["run", "--methods", "frozen", "--tasks", "ave", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "--device cuda: CUDA is not available" in capsys.readouterr().err
     assert not (tmp_path / "runs.jsonl").exists()
