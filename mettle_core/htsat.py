@@ -321,15 +321,20 @@ def _shape(value: object) -> str:
 
 
 def _read_checkpoint(path: Path) -> Mapping[str, torch.Tensor]:
-    """A .safetensors file through timm's reader; anything else through torch.load, with
-    weights_only=True unless the file needs full unpickling (Lightning 1.x checkpoints, such
-    as the official ones, may pickle objects besides tensors; the caller named the file)."""
+    """A .safetensors file through timm's reader; anything else through torch.load with
+    weights_only=True. A file that pickles other objects (a Lightning 1.x checkpoint may)
+    would run code when fully unpickled, so it is refused with the one-line way out."""
     if path.suffix == ".safetensors":
         return timm_load_state_dict(str(path), use_ema=False)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        raise CheckpointMismatch(
+            f"{path}: pickles objects besides tensors (torch.load refused it with weights_only=True), and fully "
+            "unpickling a file can run code. From a trusted copy, keep its state dict once: python -c "
+            f"\"import torch; c = torch.load('{path}', weights_only=False); torch.save(c['state_dict'], "
+            f"'{path.with_suffix('.pth')}')\" and load that file."
+        ) from None
 
 
 def load_htsat_checkpoint(model: HTSAT, path: Path) -> dict[str, torch.Tensor]:
