@@ -24,6 +24,8 @@ ROLLOFF = 0.92
 KAISER_BETA = 7.86
 
 AMIN = 1e-10  # HTS-AT's power_to_db floor
+PREEMPHASIS = 0.97  # Kaldi's default, which LAVisH keeps
+KALDI_LOW_HZ = 20.0  # Kaldi's default lowest mel edge, which LAVisH keeps
 
 
 def resample(wave: torch.Tensor, orig_hz: int, new_hz: int) -> torch.Tensor:
@@ -134,3 +136,74 @@ class LogMelFrontend(nn.Module):
             power = torch.view_as_real(spec).square().sum(-1).transpose(1, 2)  # [N, frames, freqs]
             mel = power @ self.mel.to(wave.dtype)
             return 10 * torch.log10(mel.clamp(min=AMIN))[:, None]  # ref=1.0: no offset
+
+
+class FbankFrontend(nn.Module):
+    """Kaldi fbank as LAVisH's official AVE data loader computes it with
+    torchaudio.compliance.kaldi.fbank(waveform, htk_compat=True, sample_frequency=sr,
+    use_energy=False, window_type='hanning', num_mel_bins=M, dither=0.0, frame_shift=S_ms),
+    then (fbank - mean) / (2 * std), then zero-padded or cut to `frames` rows:
+    waveform [N, S] -> [N, 1, frames, mel_bins].
+
+    torchaudio cannot be installed beside the project's torch, so the Kaldi algorithm is
+    written out here: frames of frame_length_ms every frame_shift_ms that fit in the segment
+    (snip_edges), each with its mean removed, pre-emphasised (0.97), under a symmetric Hann
+    window, zero-padded to a power of two; power spectrum; triangular HTK mel filters from
+    20 Hz to the Nyquist rate; log floored at float32's epsilon. The loader also subtracts the
+    clip's mean from the waveform first; that is a constant per frame, which each frame's own
+    mean removal takes out anyway, so it is not repeated here.
+
+    input_rate: rate of the waveform it receives; resampled to sample_rate first when it differs.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int,
+        mel_bins: int,
+        frame_shift_ms: float,
+        frames: int,
+        mean: float,
+        std: float,
+        frame_length_ms: float = 25.0,
+        input_rate: int | None = None,
+    ) -> None:
+        super().__init__()
+        # Kaldi's (and torchaudio's) own rounding of durations to samples
+        self.shift = int(sample_rate * frame_shift_ms * 0.001)
+        length = int(sample_rate * frame_length_ms * 0.001)
+        self.fft = 1 << (length - 1).bit_length()
+        self.frames, self.mean, self.std = frames, mean, std
+        self.resample = _resampler(input_rate, sample_rate)
+        hann = torch.hann_window(length, periodic=False, dtype=torch.float64)
+        self.register_buffer("window", hann.to(torch.get_default_dtype()), persistent=False)
+        mel = _kaldi_mel_banks(mel_bins, self.fft, sample_rate)
+        self.register_buffer("mel", mel.to(torch.get_default_dtype()), persistent=False)
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        with _no_autocast(wave):
+            wave = self.resample(wave)
+            x = wave.unfold(-1, self.window.numel(), self.shift)  # [N, frames, length]
+            x = x - x.mean(-1, keepdim=True)
+            x = x - PREEMPHASIS * torch.cat([x[..., :1], x[..., :-1]], -1)
+            spec = torch.fft.rfft(x * self.window.to(x.dtype), n=self.fft)
+            mel = spec.abs().square() @ self.mel.to(x.dtype)
+            fbank = mel.clamp(min=torch.finfo(torch.float32).eps).log()
+            fbank = (fbank - self.mean) / (2 * self.std)
+            fbank = F.pad(fbank, (0, 0, 0, max(0, self.frames - fbank.shape[1])))[:, : self.frames]
+            return fbank[:, None]
+
+
+def _kaldi_mel_banks(bins: int, fft: int, sample_rate: int) -> torch.Tensor:
+    """[fft // 2 + 1, bins] float64 triangles, evenly spaced on the HTK mel scale from
+    KALDI_LOW_HZ to the Nyquist rate, as Kaldi's MelBanks builds them; the Nyquist bin gets no
+    weight there."""
+    low, high = _htk_mel(torch.tensor([KALDI_LOW_HZ, sample_rate / 2], dtype=torch.float64))
+    edges = low + (high - low) / (bins + 1) * torch.arange(bins + 2, dtype=torch.float64)
+    left, centre, right = edges[:-2], edges[1:-1], edges[2:]
+    mel = _htk_mel(sample_rate / fft * torch.arange(fft // 2, dtype=torch.float64))[:, None]
+    rising, falling = (mel - left) / (centre - left), (right - mel) / (right - centre)
+    return F.pad(torch.minimum(rising, falling).clamp(min=0), (0, 0, 0, 1))
+
+
+def _htk_mel(hz: torch.Tensor) -> torch.Tensor:
+    return 1127.0 * torch.log1p(hz / 700.0)
