@@ -103,7 +103,7 @@ class LogMelFrontend(nn.Module):
     power_to_db as torchlibrosa's Spectrogram + LogmelFilterBank with ref=1.0, amin=1e-10,
     top_db=None). The mel matrix is torchlibrosa's own (librosa's filters); its DFT, a
     convolution there, is torch.stft here: the same numbers (1e-10 dB apart in float64; in
-    float32 closer to the exact ones than torchlibrosa's) in about a third of the time.
+    float32 closer to the exact ones than torchlibrosa's), several times faster on a CPU.
 
     input_rate: rate of the waveform it receives; resampled to sample_rate first when it differs.
     """
