@@ -34,7 +34,10 @@ class LavishConfig:
     """num_latent: latent tokens per adapter (None: 2 for classification, 16 for segmentation);
     reduction: bottleneck D -> D // reduction (None: 8 classification, 4 segmentation);
     groups: groups of both 1x1 convs; batchnorm: BN after each conv; gates: zero-initialised
-    output gate; layernorm: LayerNorm before and after the bottleneck."""
+    output gate; layernorm: LayerNorm before and after the bottleneck; tower_train_mode: the
+    frozen tower follows the model's train mode, as in the official main_trans.py (which calls
+    model.train() on the whole model), so its stochastic depth (timm's drop-path, 0.1 at the
+    top of Swin-V2) is active while training; false keeps it in eval mode."""
 
     num_latent: int | None = None
     reduction: int | None = None
@@ -42,6 +45,7 @@ class LavishConfig:
     batchnorm: bool = True
     gates: bool = True
     layernorm: bool = True
+    tower_train_mode: bool = True
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -141,12 +145,12 @@ class LavishEncoder(AdaptedEncoder):
         self.audio_dim = self.visual_dim = shared.out_dim
         self.map_channels = shared.pyramid_channels() if spec.needs_maps else ()
         self._map_units = shared.pyramid_units() if spec.needs_maps else ()
-        self.shared.eval()
+        self.train(self.training)
 
     def train(self, mode: bool = True) -> LavishEncoder:
-        """The frozen tower stays in eval mode (no dropout / drop-path); adapters follow `mode`."""
+        """Adapters follow `mode`; the frozen tower too unless `tower_train_mode` is off."""
         super().train(mode)
-        self.shared.eval()
+        self.shared.train(mode and self.cfg.tower_train_mode)
         return self
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
@@ -189,8 +193,8 @@ class LavishEncoder(AdaptedEncoder):
         if tuple(audio.shape[:2]) != (b, t):
             raise ValueError(f"audio {tuple(audio.shape[:2])} and visual {(b, t)} must pair up segment by segment")
         bb = self.shared
-        xa = bb.embed(bb.prepare(audio.flatten(0, 1)))
-        xv = bb.embed(bb.prepare(visual.flatten(0, 1)))
+        xa = bb.embed(bb.prepare(audio.flatten(0, 1), "audio"))
+        xv = bb.embed(bb.prepare(visual.flatten(0, 1), "visual"))
         kept: dict[int, torch.Tensor] = {}
         for unit, ad in zip(bb.units, self.adapters, strict=True):
             xa, xv = self._block(unit, ad, xa, xv)
@@ -202,6 +206,8 @@ class LavishEncoder(AdaptedEncoder):
         return AVFeatures(a=a, v=v, maps=maps)
 
 
-@register_method("lavish", LavishConfig, "LAVisH: latent audio-visual adapters in one shared frozen tower.")
+@register_method(
+    "lavish", LavishConfig, "LAVisH: latent audio-visual adapters in one shared frozen tower.", towers=("shared",)
+)
 def build(towers: Towers, spec: TaskSpec, cfg: LavishConfig) -> LavishEncoder:
     return LavishEncoder(towers.shared, spec, cfg)

@@ -11,14 +11,16 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from mettle_core.backbone import Backbone
+from mettle_core.backbone import Backbone, Modality
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
 
 
-def run_tower(bb: Backbone, x: torch.Tensor, keep: set[int]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-    """[B, T, C, H, W] -> ([B, T, D] pooled per segment, kept unit outputs on B*T frames)."""
+def run_tower(
+    bb: Backbone, x: torch.Tensor, modality: Modality, keep: set[int]
+) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+    """[B, T, ...] raw segments -> ([B, T, D] pooled per segment, kept unit outputs on B*T segments)."""
     b, t = x.shape[:2]
-    last, kept = bb.forward_units(bb.prepare(x.flatten(0, 1)), keep=keep)
+    last, kept = bb.forward_units(bb.prepare(x.flatten(0, 1), modality), keep=keep)
     return bb.pool(last).reshape(b, t, -1), kept
 
 
@@ -62,7 +64,7 @@ class PooledTowersEncoder(AdaptedEncoder):
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> AVFeatures:
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
-            a, _ = run_tower(self.audio_bb, audio, set())
-            v, kept = run_tower(self.visual_bb, visual, set(self._map_units))
+            a, _ = run_tower(self.audio_bb, audio, "audio", set())
+            v, kept = run_tower(self.visual_bb, visual, "visual", set(self._map_units))
             maps = [self.visual_bb.grid(kept[i]) for i in self._map_units] if self.spec.needs_maps else None
         return AVFeatures(a=a, v=v, maps=maps)

@@ -10,15 +10,17 @@ import shlex
 import sys
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from bench.config import ConfigError
-from bench.presets import PRESETS, WEIGHTS_DIR
+from bench.presets import PRESETS, get_preset
+from bench.weights import WEIGHTS_DIR
 from mettle_core.interface import UnknownNameError
 
-DEFAULT_OUT = Path("results")
-ALL_METHODS = ["frozen", "lora", "lavish", "mettle", "full"]
+DEFAULT_OUT = Path("runs")  # git-ignored: a newcomer's first run really runs (results/ holds the committed ones)
+PRESET_HELP = f"one of {', '.join(PRESETS.names())}"
 
 
 class UsageError(Exception):
@@ -43,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train, select on val, test and measure methods on tasks")
     run.add_argument("--methods", type=_csv, default=["mettle", "lavish"], help="comma-separated method names")
     run.add_argument("--tasks", type=_csv, default=None, help="comma-separated task names (default: all)")
-    run.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
+    run.add_argument("--preset", default="tiny", help=PRESET_HELP)
     run.add_argument("--seeds", type=_seeds, default=[0])
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -75,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--study-file", type=Path, default=None, help="a ready-made study, e.g. bench/studies/*.toml")
     sweep.add_argument("--method", default=None)
     sweep.add_argument("--task", default=None)
-    sweep.add_argument("--preset", default=None, help=f"one of {', '.join(PRESETS)} (default: tiny)")
+    sweep.add_argument("--preset", default=None, help=PRESET_HELP + " (default: tiny)")
     sweep.add_argument("--seeds", type=_seeds, default=None, help="seeds per trial (default: 0)")
     sweep.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2", help="swept values, e.g. mettle.num_tokens=1,2"
@@ -112,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--mel-bins", type=int, default=64)
 
     pre = sub.add_parser("pretrain", help="pretrain a preset's towers on synthetic primitives (ships for tiny)")
-    pre.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
+    pre.add_argument("--preset", default="tiny", help=PRESET_HELP)
     pre.add_argument("--seed", type=int, default=0)
     pre.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for the weights, heads and card")
 
@@ -124,8 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_profile(sub) -> None:
     prof = sub.add_parser("profile", help="memory, time and FLOPs of one training step per method (random weights)")
-    prof.add_argument("--methods", type=_csv, default=ALL_METHODS, help="comma-separated method names")
-    prof.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
+    prof.add_argument("--methods", type=_csv, default=None, help="comma-separated method names (default: all)")
+    prof.add_argument("--preset", default="tiny", help=PRESET_HELP)
     prof.add_argument("--task", default="ave", help="task whose head and data shape the step")
     prof.add_argument("--batch-size", type=int, default=1)
     prof.add_argument("--segments", type=int, default=10, help="T, segments per video")
@@ -145,7 +147,7 @@ def _add_check_budgets(sub) -> None:
     chk = sub.add_parser("check-budgets", help="fail (exit 1) when a method's memory exceeds results/budgets.toml")
     chk.add_argument("--budgets", type=Path, default=BUDGETS_FILE)
     chk.add_argument("--presets", type=_csv, default=["smoke", "tiny"])
-    chk.add_argument("--methods", type=_csv, default=ALL_METHODS)
+    chk.add_argument("--methods", type=_csv, default=None, help="comma-separated method names (default: all)")
     chk.add_argument("--update", action="store_true", help="rewrite the budgets with the measured figures")
     chk.add_argument("--tolerance", type=float, default=None, help="relative slack (default: the file's, or 0.05)")
 
@@ -163,13 +165,12 @@ def _data_sources(items: list[str], tasks: list[str]) -> dict[str, str]:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from bench.device import distributed, is_main_process
     from bench.registry import task_names
     from bench.report import write_figures, write_tables
     from bench.runner import RunPlan, execute, resolve
-    from bench.train import distributed, is_main_process
 
-    if args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r} (valid: {', '.join(PRESETS)})")
+    get_preset(args.preset)
     tasks = args.tasks or task_names()
     plan = RunPlan(
         methods=args.methods,
@@ -190,7 +191,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         return 0
     table = write_tables(records, args.out)
     figures = write_figures(records, args.out)
-    print_table(table, console)
+    print_summary(table, console)
     console.print(
         f"records: {args.out / 'runs.jsonl'}; tables: {args.out / 'tables'}; "
         f"figures: {', '.join(str(f) for f in figures) or 'none'}"
@@ -210,8 +211,7 @@ def sweep_spec(args: argparse.Namespace):
     if not method or not task:
         raise UsageError("sweep needs --method and --task (or --study-file)")
     preset = args.preset or data.get("preset", "tiny")
-    if preset not in PRESETS:
-        raise UsageError(f"unknown preset {preset!r} (valid: {', '.join(PRESETS)})")
+    get_preset(preset)
     objectives = args.objectives or data.get("objectives")
     return SweepSpec(
         method=method,
@@ -276,6 +276,35 @@ def print_table(table, console: Console) -> None:
     Console().print(rich_table)
 
 
+SUMMARY_COLUMNS = {  # display-table column -> console header: what fits an 80-column terminal
+    "method": "method",
+    "value": "mean ± std",
+    "train mem est. (MiB)": "mem MiB",
+    "CUDA peak (MiB)": "CUDA MiB",
+    "step (ms)": "step ms",
+    "mem / ref": "mem/ref",
+    "time / ref": "time/ref",
+}
+
+
+def print_summary(table, console: Console) -> None:
+    """The method table on the console, one small table per task (its metric in the title),
+    narrow enough for 80 columns; every column stays in the written tables."""
+    if table is None or table.empty:
+        console.print("no finished runs to tabulate")
+        return
+    out = Console()
+    for task, part in table.groupby("task", sort=False):
+        seeds = "/".join(sorted({str(v) for v in part["seeds"]}))
+        shown = [c for c in SUMMARY_COLUMNS if c in part and part[c].astype(str).str.strip().ne("").any()]
+        rich_table = Table(title=f"{task}: {part['metric'].iloc[0]}, {seeds} seed(s)", box=box.SIMPLE_HEAD)
+        for col in shown:
+            rich_table.add_column(SUMMARY_COLUMNS[col], justify="left" if col == "method" else "right")
+        for _, row in part.iterrows():
+            rich_table.add_row(*["" if str(row[c]) == "nan" else str(row[c]) for c in shown])
+        out.print(rich_table)
+
+
 def _load_records(out: Path, console: Console) -> list[dict]:
     from bench.results import ResultsStore
 
@@ -296,9 +325,9 @@ def cmd_table(args: argparse.Namespace, console: Console) -> int:
         table = write_study_tables(records, args.out, args.study)
         if table.empty:
             raise UsageError(f"no records of study {args.study!r} in {args.out / 'runs.jsonl'}")
+        print_table(table, console)
     else:
-        table = write_tables(records, args.out, reference=args.reference)
-    print_table(table, console)
+        print_summary(write_tables(records, args.out, reference=args.reference), console)
     console.print(f"tables written to {args.out / 'tables'}")
     return 0
 
@@ -345,8 +374,8 @@ def cmd_list(args: argparse.Namespace, console: Console) -> int:
         t = get_task(name)
         tasks.add_row(name, t.selection_metric, ", ".join(t.metric_keys))
     presets = Table("preset", "description", title="presets")
-    for p in PRESETS.values():
-        presets.add_row(p.name, p.description)
+    for name in PRESETS.names():
+        presets.add_row(name, get_preset(name).description)
     for table in (methods, tasks, presets):
         out.print(table)
     return 0
@@ -368,6 +397,7 @@ def _positive(args: argparse.Namespace, *names: str) -> None:
 
 
 def cmd_profile(args: argparse.Namespace, console: Console) -> int:
+    from bench.device import resolve_device
     from bench.profile import (
         ProfileSpec,
         display_table,
@@ -378,14 +408,13 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
         with_ratios,
         write_report,
     )
-    from bench.registry import get_method, get_task
-    from bench.train import resolve_device
+    from bench.registry import METHODS, get_method, get_task
 
-    if args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r} (valid: {', '.join(PRESETS)})")
+    get_preset(args.preset)
     _positive(args, "batch_size", "segments", "repeats")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    args.methods = args.methods or METHODS.names()
     for name in [*args.methods, args.reference]:
         get_method(name)
     get_task(args.task)
@@ -429,13 +458,13 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_check_budgets(args: argparse.Namespace, console: Console) -> int:
     from bench import budgets
-    from bench.registry import get_method
+    from bench.registry import METHODS, get_method
 
+    args.methods = args.methods or METHODS.names()
     for name in args.methods:
         get_method(name)
     for name in args.presets:
-        if name not in PRESETS:
-            raise UsageError(f"unknown preset {name!r} (valid: {', '.join(PRESETS)})")
+        get_preset(name)
     if not args.update and not args.budgets.is_file():
         raise UsageError(f"--budgets {args.budgets} does not exist (create it with --update)")
     stored, tolerance = budgets.load(args.budgets) if args.budgets.is_file() else ({}, budgets.DEFAULT_TOLERANCE)
@@ -463,9 +492,7 @@ def cmd_check_budgets(args: argparse.Namespace, console: Console) -> int:
 def cmd_pretrain(args: argparse.Namespace, console: Console) -> int:
     from bench.pretrain import pretrain, weight_files
 
-    if args.preset not in PRESETS:
-        raise UsageError(f"unknown preset {args.preset!r} (valid: {', '.join(PRESETS)})")
-    card = pretrain(PRESETS[args.preset], args.out, seed=args.seed, log=console.print)
+    card = pretrain(get_preset(args.preset), args.out, seed=args.seed, log=console.print)
     scores = ", ".join(f"{role} {r['accuracy']:.2f}%" for role, r in card["results"].items())
     console.print(f"held-out set accuracy: {scores}; card: {weight_files(args.preset, args.out)['card']}")
     return 0

@@ -12,7 +12,6 @@ import dataclasses
 import difflib
 import types
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 
@@ -49,22 +48,13 @@ class MeasureConfig:
 
 @dataclass
 class TowersConfig:
-    """Local checkpoint files; empty means the preset's shipped weights (if any),
-    `random` means random initialisation. An empty `shared` follows a set `visual`,
-    else the preset's shipped shared tower, else the visual one."""
+    """Each role's weights (bench.weights): a local file, hf-hub:ORG/REPO[/FILE], timm:MODEL.TAG,
+    `shipped` or `random`; empty means the preset's own. An empty `shared` follows a set
+    `visual` (LAVisH shares the visual tower). Checked by bench.weights before any run."""
 
     audio: str = ""
     visual: str = ""
     shared: str = ""
-
-    def __post_init__(self) -> None:
-        for role in ("audio", "visual", "shared"):
-            value = getattr(self, role)
-            if value not in ("", "random") and not Path(value).is_file():
-                raise ConfigError(
-                    f"towers.{role}={value!r}: no such file (expected a local checkpoint, "
-                    ".safetensors, .pth, .bin or .npz, or 'random')"
-                )
 
 
 BASE_SECTIONS: dict[str, type] = {"train": TrainConfig, "measure": MeasureConfig, "towers": TowersConfig}

@@ -126,6 +126,23 @@ class LogMelFrontend(nn.Module):
         mel = LogmelFilterBank(sr=sample_rate, n_fft=window, n_mels=mel_bins, fmin=fmin, fmax=fmax).melW.detach()
         self.register_buffer("mel", mel, persistent=False)  # [window // 2 + 1, mel_bins]
 
+    def check_checkpoint(self, state: dict[str, torch.Tensor], source: str) -> None:
+        """A checkpoint's own front-end weights (HTS-AT's official files store its STFT and mel
+        matrices) must be this front-end's, else its tower learnt from other input features:
+        ValueError naming the key."""
+        mel = state.get("logmel_extractor.melW")
+        if mel is not None and (mel.shape != self.mel.shape or not torch.allclose(mel.float(), self.mel, atol=1e-6)):
+            raise ValueError(
+                f"{source}: logmel_extractor.melW {list(mel.shape)} is not this tower's mel filterbank "
+                f"{list(self.mel.shape)}: the checkpoint was trained on other input features"
+            )
+        dft = state.get("spectrogram_extractor.stft.conv_real.weight")
+        if dft is not None and dft.shape[-1] != self.window.numel():
+            raise ValueError(
+                f"{source}: spectrogram_extractor.stft.conv_real.weight has an STFT window of {dft.shape[-1]} "
+                f"samples, this tower's front-end uses {self.window.numel()}"
+            )
+
     def forward(self, wave: torch.Tensor) -> torch.Tensor:
         with _no_autocast(wave):
             wave = self.resample(wave)
@@ -133,9 +150,9 @@ class LogMelFrontend(nn.Module):
             spec = torch.stft(
                 wave, window.numel(), self.hop, window=window, center=True, pad_mode="reflect", return_complex=True
             )
-            power = torch.view_as_real(spec).square().sum(-1).transpose(1, 2)  # [N, frames, freqs]
-            mel = power @ self.mel.to(wave.dtype)
-            return 10 * torch.log10(mel.clamp(min=AMIN))[:, None]  # ref=1.0: no offset
+            power = spec.real.square() + spec.imag.square()  # [N, freqs, frames]
+            mel = self.mel.T.to(wave.dtype) @ power  # frames stay innermost: no transposed copy of the spectrum
+            return 10 * torch.log10(mel.clamp(min=AMIN)).transpose(1, 2)[:, None]  # ref=1.0: no offset
 
 
 class FbankFrontend(nn.Module):

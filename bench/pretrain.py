@@ -19,12 +19,8 @@ accuracy re-checked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import shutil
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,9 +86,10 @@ def weight_files(preset_name: str, out: Path) -> dict[str, Path]:
 
 
 def sample(corpus: str, gen: torch.Generator, n: int, shape: DataShape) -> tuple[torch.Tensor, torch.Tensor]:
-    """`n` inputs of `corpus` and their concatenated multi-hot labels [n, sum of factor sizes]."""
+    """`n` inputs of `corpus` (one-second waveforms, or frames) and their concatenated
+    multi-hot labels [n, sum of factor sizes]."""
     if corpus == "audio":
-        x, *labels = render_sources(gen, n, shape.mel_bins, shape.mel_frames)
+        x, *labels = render_sources(gen, n, shape.sample_rate)
     else:
         x, *labels = render_scene(gen, n, shape.image_size)
     return x, torch.cat(labels, dim=1)
@@ -121,11 +118,11 @@ def heldout_seed(seed: int, corpus: str) -> int:
 @torch.no_grad()
 def evaluate(tower: Backbone, head: nn.Module, corpus: str, shape: DataShape, seed: int, n: int) -> dict[str, float]:
     """Set accuracy of tower + head on `n` held-out samples of `corpus` regenerated from `seed`
-    (a log-mel fed to a 3-channel tower is repeated, as LAVisH feeds it)."""
-    tower.model.eval()
+    (a waveform goes through the tower's own front-end)."""
+    tower.eval()
     gen = torch.Generator().manual_seed(heldout_seed(seed, corpus))
     x, y = sample(corpus, gen, n, shape)
-    logits = torch.cat([head(tower.model(tower.prepare(chunk))) for chunk in x.split(500)])
+    logits = torch.cat([head(tower.features(chunk, corpus)) for chunk in x.split(500)])
     return set_accuracy(logits, y, corpus)
 
 
@@ -149,9 +146,9 @@ def train_tower(
     corpora = ROLES[role]
     with torch.random.fork_rng():
         torch.manual_seed(seed * 1000 + list(ROLES).index(role))
-        tower = build_backbone(spec)
+        tower = build_backbone(spec, shape)
         model = tower.model.requires_grad_(True)
-        heads = nn.ModuleDict({c: nn.Linear(model.num_features, sum(size for _, size in FACTORS[c])) for c in corpora})
+        heads = nn.ModuleDict({c: nn.Linear(tower.out_dim, sum(size for _, size in FACTORS[c])) for c in corpora})
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -159,12 +156,12 @@ def train_tower(
         lambda s: min(1.0, (s + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)),
     )
     gens = {c: torch.Generator().manual_seed(corpus_seed(seed, c)) for c in corpora}
-    model.train()
+    tower.train()
     for step in range(cfg.steps):
         loss = torch.zeros(())
         for c in corpora:
             x, y = sample(c, gens[c], cfg.batch_size, shape)
-            loss = loss + F.binary_cross_entropy_with_logits(heads[c](model(tower.prepare(x))), y)
+            loss = loss + F.binary_cross_entropy_with_logits(heads[c](tower.features(x, c)), y)
         if not torch.isfinite(loss):
             raise RuntimeError(f"pre-training the {role} tower diverged at step {step}")
         opt.zero_grad(set_to_none=True)
@@ -226,28 +223,3 @@ def load_heads(path: Path) -> dict[tuple[str, str], nn.Linear]:
             heads[role, corpus] = nn.Linear(weight.shape[1], weight.shape[0])
             heads[role, corpus].load_state_dict({"weight": weight, "bias": state[f"{role}.{corpus}.bias"]})
     return heads
-
-
-def cache_dir() -> Path:
-    """Where rebuilt weights go: $METTLE_BENCH_CACHE, else ~/.cache/mettle-bench."""
-    env = os.environ.get("METTLE_BENCH_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "mettle-bench"
-
-
-def default_checkpoints(preset: Preset, log: Callable[[str], None] | None = None) -> dict[str, Path]:
-    """The preset's shipped tower weights; when they are missing, weights rebuilt with
-    the default recipe in the user cache, pre-training them there on first use."""
-    shipped = dict(preset.default_weights)
-    if all(path.is_file() for path in shipped.values()):
-        return shipped
-    key = hashlib.sha256(json.dumps(recipe(preset, 0, PretrainConfig()), sort_keys=True).encode()).hexdigest()[:12]
-    target = cache_dir() / f"{preset.name}-{key}"
-    files = weight_files(preset.name, target)
-    if not files["card"].is_file():
-        log = log or (lambda text: print(text, file=sys.stderr))
-        log(f"shipped {preset.name} tower weights are missing: pre-training them into {target} (first use only)")
-        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-        pretrain(preset, partial, log=log)
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
-    return {role: files[role] for role in shipped}

@@ -29,7 +29,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from bench.build import build_model, param_groups  # noqa: E402
 from bench.config import ConfigError, ResolvedRun  # noqa: E402
+from bench.device import resolve_device, to_device  # noqa: E402
 from bench.measure import (  # noqa: E402
     activation_bytes,
     cuda_peak_bytes,
@@ -43,7 +45,6 @@ from bench.report import markdown  # noqa: E402
 from bench.results import ResultsStore, atomic_write_text, environment, git_state, new_record  # noqa: E402
 from bench.runner import RunPlan, resolve  # noqa: E402
 from bench.tasks.base import Batch, TaskModel  # noqa: E402
-from bench.train import build_model, param_groups, resolve_device, to_device  # noqa: E402
 from mettle_core.encoder import MettleEncoder, kept_feature_bytes  # noqa: E402
 
 MIB = 2**20
@@ -125,12 +126,14 @@ def resolve_point(spec: ProfileSpec, method: str, batch_size: int, segments: int
 
 @dataclass
 class Step:
-    """A built model with one batch of the task's synthetic data (random weights)."""
+    """A built model with one batch of the task's synthetic data (random weights), and what
+    its towers are (architecture and parameter count per role)."""
 
     model: TaskModel
     batch: Batch
     loss_fn: Callable[[], torch.Tensor]
     make_optimizer: Callable[[], torch.optim.Optimizer]
+    towers: dict[str, dict[str, Any]]
 
     @property
     def inputs(self) -> list[torch.Tensor]:
@@ -141,7 +144,8 @@ def build_step(run: ResolvedRun, preset: Preset, device: torch.device) -> Step:
     """The task's synthetic data only shapes the batch; values do not change memory or time."""
     task = get_task(run.task)
     batch = to_device(task.synthetic(run.task_cfg, preset.shape)["train"].tensors, device)
-    model = build_model(run, preset, task)[0].to(device)
+    built = build_model(run, preset, task)
+    model = built.model.to(device)
     model.train()
 
     def loss_fn() -> torch.Tensor:
@@ -150,7 +154,7 @@ def build_step(run: ResolvedRun, preset: Preset, device: torch.device) -> Step:
     def make_optimizer() -> torch.optim.Optimizer:
         return torch.optim.AdamW(param_groups(model, run), weight_decay=run.train.weight_decay)
 
-    return Step(model, batch, loss_fn, make_optimizer)
+    return Step(model, batch, loss_fn, make_optimizer, built.tower_records())
 
 
 def memory_figures(step: Step) -> dict[str, Any]:
@@ -163,6 +167,7 @@ def memory_figures(step: Step) -> dict[str, Any]:
         "encoder_trainable_params": sum(p.numel() for p in step.model.encoder.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in params),
     }
+    out |= {f"{role}_tower_params": tower["params"] for role, tower in step.towers.items()}
     out["activation_bytes"] = activation_bytes(step.loss_fn, [*params, *step.model.buffers(), *step.inputs])
     out["train_mem_bytes_est"] = train_memory_estimate(params, trainable, out["activation_bytes"])
     if isinstance(step.model.encoder, MettleEncoder):
@@ -438,6 +443,18 @@ def write_report(records: list[dict[str, Any]], spec: ProfileSpec, out_dir: Path
         "(`train mem est.`), measured in a pass of its own. Mettle floor: the per-layer features LCD keeps, at the "
         f"kept dtype. Time: median of {spec.repeats} steps after {spec.warmup} warm-up steps.",
     ]
+    towers = {
+        (role, r["efficiency"][f"{role}_tower_params"])
+        for r in records
+        for role in ("audio", "visual", "shared")
+        if f"{role}_tower_params" in r["efficiency"]
+    }
+    if towers:
+        preset = get_preset(spec.preset)
+        listed = "; ".join(
+            f"{role}: {getattr(preset, role).arch}, {params:,} parameters" for role, params in sorted(towers)
+        )
+        lines.append(f"Towers (parameters of each tower proper; front-ends hold constants only): {listed}.")
     if "budget_max_batch" in df:
         lines.append(f"Max batch in budget ({spec.budget} bytes): {records[0]['efficiency'].get('budget_method', '')}.")
     if failed:

@@ -15,7 +15,6 @@ import subprocess
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -30,31 +29,6 @@ def run_key(method: str, task: str, preset: str, source: str, seed: int, config:
     """Identity of a run: the same key means the same experiment, so a rerun skips it."""
     blob = json.dumps([method, task, preset, source, seed, config], sort_keys=True, default=str)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-
-def tower_weights(checkpoints: dict[str, Path | None]) -> dict[str, dict[str, str | None]]:
-    """Which weights each tower role was built from: the file and its content digest (None
-    for random initialisation). The digest, not the path, identifies the weights, so a
-    checkout elsewhere matches and a file replaced in place does not."""
-    return {
-        role: {"file": None, "sha256": None} if path is None else {"file": str(path), "sha256": file_digest(path)}
-        for role, path in checkpoints.items()
-    }
-
-
-def file_digest(path: Path) -> str:
-    stat = path.stat()
-    return _digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-
-
-@lru_cache(maxsize=64)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    """sha256 of a file, read once per (path, size, mtime): large checkpoints are hashed once."""
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()[:16]
 
 
 def git_state(out_dir: Path | None = None, cwd: Path | None = None) -> dict[str, Any]:

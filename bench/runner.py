@@ -25,12 +25,14 @@ from bench.config import (
     build_section,
     parse_overrides,
 )
+from bench.device import is_main_process, resolve_device
 from bench.presets import Preset, get_preset
-from bench.pretrain import default_checkpoints
 from bench.registry import METHODS, get_method, get_task, task_names
-from bench.results import ResultsStore, environment, git_state, new_record, run_key, tower_weights
+from bench.results import ResultsStore, environment, git_state, new_record, run_key
 from bench.tasks.base import DataShape
-from bench.train import NonFiniteLoss, checkpoints_for, is_main_process, resolve_device, train_run
+from bench.train import NonFiniteLoss, train_run
+from bench.weights import resolve as resolve_weights
+from bench.weights import shipped_files
 
 
 @dataclass
@@ -95,21 +97,27 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
                             tags={**plan.tags, **tags},
                         )
                     )
+    for run in runs:  # weights that cannot be found are usage errors too
+        resolve_weights(preset, run.towers, get_method(run.method).towers, rebuild=False)
     return runs
 
 
 class DataCache:
     """Datasets are built once per (task, source, config) and shared by every method,
-    so all methods see exactly the same samples."""
+    so all methods see exactly the same samples. Runs come task by task, so only the
+    latest datasets are kept: a split of one-second waveforms is hundreds of MB."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, Any] = {}
+        self._key: str | None = None
+        self._datasets: Any = None
 
     def get(self, run: ResolvedRun, shape: DataShape) -> Any:
         key = repr((run.task, run.source, run.task_cfg, shape))
-        if key not in self._cache:
-            self._cache[key] = get_task(run.task).datasets(run.task_cfg, shape, run.source)
-        return self._cache[key]
+        if key != self._key:
+            self._datasets = None  # free the previous task's data before building the next
+            self._datasets = get_task(run.task).datasets(run.task_cfg, shape, run.source)
+            self._key = key
+        return self._datasets
 
 
 def execute(
@@ -127,8 +135,8 @@ def execute(
         console.print(f"[yellow]warning:[/] {store.path} line {line}: {why}; ignored")
     finished = {r["key"]: r for r in report.records if r.get("status") == "ok" and "key" in r}
     preset = get_preset(plan.preset)
-    if any(not (r.towers.audio and r.towers.visual) for r in runs):
-        default_checkpoints(preset, console.print)  # a first-use rebuild happens here, outside any run's timing
+    if any(s.origin == "cache" for r in runs for s in _sources(preset, r, rebuild=False).values()):
+        shipped_files(preset, log=console.print)  # a first-use rebuild happens here, outside any run's timing
     cache = DataCache()
     git = git_state(out_dir)  # the code this invocation runs, even if a commit lands while it works
     records = []
@@ -176,6 +184,10 @@ def execute(
     return records
 
 
+def _sources(preset: Preset, run: ResolvedRun, rebuild: bool = True):
+    return resolve_weights(preset, run.towers, get_method(run.method).towers, rebuild=rebuild)
+
+
 def weights_changed(record: dict[str, Any], preset: Preset, run: ResolvedRun) -> bool:
     """Whether a finished record's towers were built from other weights than this run's
     would be (same config, e.g. a checkpoint replaced in place or new shipped weights).
@@ -183,9 +195,8 @@ def weights_changed(record: dict[str, Any], preset: Preset, run: ResolvedRun) ->
     recorded = record.get("weights")
     if not recorded:
         return False
-    paths = checkpoints_for(preset, run)
-    current = tower_weights({role: paths[role] for role in recorded})
-    return any(current[role]["sha256"] != recorded[role]["sha256"] for role in recorded)
+    current = _sources(preset, run)
+    return any(role not in current or current[role].sha256 != recorded[role]["sha256"] for role in recorded)
 
 
 def run_one(
@@ -204,7 +215,7 @@ def run_one(
         datasets = cache.get(run, preset.shape)
         outcome = train_run(run, preset, datasets, on_step)
         metrics, efficiency = outcome.metrics, outcome.efficiency
-        extra = {"best_epoch": outcome.best_epoch, "val_history": outcome.val_history, "weights": outcome.weights}
+        extra = {"best_epoch": outcome.best_epoch, "val_history": outcome.val_history, "weights": outcome.towers}
     except ConfigError:
         raise
     except NonFiniteLoss as err:

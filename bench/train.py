@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,14 +13,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from bench.config import ConfigError, ResolvedRun
+from bench.build import build_model, param_groups
+from bench.config import ResolvedRun
+from bench.device import is_main_process, resolve_device, shard, to_device
 from bench.measure import measure_efficiency
 from bench.presets import Preset
-from bench.pretrain import default_checkpoints
-from bench.registry import get_method, get_task
-from bench.results import tower_weights
+from bench.registry import get_task
 from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset
-from bench.towers import build_towers
 
 
 class NonFiniteLoss(RuntimeError):
@@ -35,57 +32,7 @@ class RunOutcome:
     efficiency: dict[str, Any]
     best_epoch: int
     val_history: list[float]
-    weights: dict[str, dict[str, str | None]]  # tower role -> file and digest (bench.results.tower_weights)
-
-
-def resolve_device(name: str) -> torch.device:
-    """cpu, or the current CUDA device with its index (some torch.cuda calls, such as
-    set_per_process_memory_fraction, refuse a bare "cuda"); auto picks CUDA when present."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device cuda: CUDA is not available here (torch {torch.__version__})")
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)
-
-
-def world_size() -> int:
-    """Processes of this run: torchrun sets WORLD_SIZE; 1 otherwise."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main_process() -> bool:
-    """Only rank 0 writes records, tables and figures."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-@contextmanager
-def distributed(device_name: str) -> Iterator[None]:
-    """Under torchrun (WORLD_SIZE > 1): one process group for all runs of the command,
-    gloo on CPU, nccl on CUDA with one GPU per local rank. A no-op otherwise."""
-    if world_size() == 1:
-        yield
-        return
-    cuda = resolve_device(device_name).type == "cuda"
-    if cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo")
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
-
-
-def shard(batch: Batch) -> tuple[Batch, float]:
-    """This rank's slice of a global batch, and the loss scale that makes DDP's gradient
-    average equal the gradient of the whole batch's mean loss when slices differ in size."""
-    if not dist.is_initialized():
-        return batch, 1.0
-    rank, world = dist.get_rank(), dist.get_world_size()
-    total = next(iter(batch.values())).shape[0]
-    local = {k: v.tensor_split(world)[rank] for k, v in batch.items()}
-    return local, next(iter(local.values())).shape[0] * world / total
+    towers: dict[str, dict[str, Any]]  # tower role -> its weights, architecture and size (Built.tower_records)
 
 
 def iterate(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator) -> Iterator[Batch]:
@@ -95,12 +42,6 @@ def iterate(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator) -
         yield from ds.batches(batch_size, order)
     else:
         yield from DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    if device.type == "cpu":
-        return batch
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def evaluate(model: TaskModel, task: Task, ds: Dataset, batch_size: int, device: torch.device, amp) -> dict[str, float]:
@@ -120,40 +61,6 @@ def evaluate(model: TaskModel, task: Task, ds: Dataset, batch_size: int, device:
     )
 
 
-def checkpoints_for(preset: Preset, run: ResolvedRun) -> dict[str, Path | None]:
-    """Tower checkpoint per role: explicit path, `random`, or the preset's pretrained
-    weights (shipped, or rebuilt into the user cache on first use). An unset shared
-    tower follows an explicitly set visual one (LAVisH shares the visual tower), else
-    takes the preset's own shared weights, else the visual tower's."""
-    chosen: dict[str, Path | None] = {}
-    for role in ("audio", "visual", "shared"):
-        value = getattr(run.towers, role)
-        if value == "random":
-            chosen[role] = None
-        elif value:
-            chosen[role] = Path(value)
-        elif role == "shared" and (run.towers.visual or role not in preset.default_weights):
-            chosen[role] = chosen["visual"]
-        else:
-            chosen[role] = default_checkpoints(preset).get(role)
-    return chosen
-
-
-def build_model(run: ResolvedRun, preset: Preset, task: Task) -> tuple[TaskModel, dict[str, Path | None]]:
-    """The model, and the checkpoint of each tower role the method actually built."""
-    torch.manual_seed(run.seed)
-    checkpoints = checkpoints_for(preset, run)
-    towers = build_towers(preset, checkpoints, run.seed)
-    encoder = get_method(run.method).build(towers, task.spec(run.task_cfg), run.method_cfg)
-    head = task.head(run.task_cfg, encoder)
-    return TaskModel(encoder, head), {role: checkpoints[role] for role in towers.built_roles}
-
-
-def param_groups(model: TaskModel, run: ResolvedRun) -> list[dict[str, Any]]:
-    head = [p for p in model.head.parameters() if p.requires_grad]
-    return [*model.encoder.param_groups(run.train.lr), {"params": head, "lr": run.train.head_lr, "name": "head"}]
-
-
 def train_run(
     run: ResolvedRun,
     preset: Preset,
@@ -164,8 +71,8 @@ def train_run(
     test metrics with it, then measure efficiency on one training batch."""
     task = get_task(run.task)
     device = resolve_device(run.device)
-    model, checkpoints = build_model(run, preset, task)
-    model = model.to(device)
+    built = build_model(run, preset, task)
+    model = built.model.to(device)
     # DDP averages gradients over ranks; every rank evaluates the whole val/test split itself.
     # A method may leave some trainable parameters out of a step; DDP must not wait for their grads.
     trained = DistributedDataParallel(model, find_unused_parameters=True) if dist.is_initialized() else model
@@ -206,7 +113,7 @@ def train_run(
     metrics["val_" + task.selection_metric] = best
     measured = run.measure.enabled and is_main_process()  # other ranks' records are dropped
     efficiency = measure_model(model, task, run, datasets["train"], device, amp) if measured else {}
-    return RunOutcome(metrics, efficiency, best_epoch, history, tower_weights(checkpoints))
+    return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records())
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from mettle_core.backbone import Backbone
+from mettle_core.backbone import Backbone, Modality
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, validate_config
 from mettle_core.lcd import LCD, Aggregate, LayerAggregate, Preserve, aggregate_param_count, lcd_param_count
 from mettle_core.mti import MTI, mti_param_count
@@ -139,7 +139,12 @@ class MettleEncoder(AdaptedEncoder):
         return [{"params": self.mettle_parameters(), "lr": lr, "name": "mettle"}]
 
     def _run(
-        self, bb: Backbone, frames: torch.Tensor, lcd_units: Sequence[int], map_units: Sequence[int] = ()
+        self,
+        bb: Backbone,
+        inputs: torch.Tensor,
+        modality: Modality,
+        lcd_units: Sequence[int],
+        map_units: Sequence[int] = (),
     ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
         """One no_grad pass up to the last needed unit; each kept output is cast as soon as
         it exists so that full-precision copies never pile up."""
@@ -147,7 +152,7 @@ class MettleEncoder(AdaptedEncoder):
         maps: dict[int, torch.Tensor] = {}
         last = max([*lcd_units, *map_units])
         with torch.no_grad():
-            x = bb.embed(bb.prepare(frames))
+            x = bb.embed(bb.prepare(inputs, modality))
             for unit in bb.units[: last + 1]:
                 x = bb.run_unit(unit, x)
                 if unit.index in lcd_units:
@@ -159,10 +164,10 @@ class MettleEncoder(AdaptedEncoder):
     def frozen_features(
         self, audio: torch.Tensor, visual: torch.Tensor
     ) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor], list[torch.Tensor]]:
-        """audio [B, T, 1, F, W], visual [B, T, 3, H, W] -> the tokens LCD reads per unit
+        """audio [B, T, S], visual [B, T, 3, H, W] -> the tokens LCD reads per unit
         ([B*T, L, D] at the kept dtype) for each tower, and the frozen pyramid (fp32)."""
-        feats_a, _ = self._run(self.audio_bb, audio.flatten(0, 1), self.audio_units)
-        feats_v, maps = self._run(self.visual_bb, visual.flatten(0, 1), self.visual_units, self.map_units)
+        feats_a, _ = self._run(self.audio_bb, audio.flatten(0, 1), "audio", self.audio_units)
+        feats_v, maps = self._run(self.visual_bb, visual.flatten(0, 1), "visual", self.visual_units, self.map_units)
         return feats_a, feats_v, [maps[i] for i in self.map_units]
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> AVFeatures:

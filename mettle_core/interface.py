@@ -48,14 +48,15 @@ class Towers:
     `shared` is a single tower used for both modalities (LAVisH); `audio` and
     `visual` are separate towers (every other method). A preset offers all three
     so that each method picks what its paper uses; only the ones a method reads
-    are ever built. Each argument is a Backbone or a zero-argument factory.
+    are ever built. Each argument is a Backbone, a zero-argument factory, or None
+    for a role the method did not declare (reading it is an error).
     """
 
     def __init__(
         self,
-        audio: Backbone | Callable[[], Backbone],
-        visual: Backbone | Callable[[], Backbone],
-        shared: Backbone | Callable[[], Backbone],
+        audio: Backbone | Callable[[], Backbone] | None,
+        visual: Backbone | Callable[[], Backbone] | None,
+        shared: Backbone | Callable[[], Backbone] | None,
     ) -> None:
         self._sources = {"audio": audio, "visual": visual, "shared": shared}
         self._built: dict[str, Backbone] = {}
@@ -63,13 +64,15 @@ class Towers:
     def _get(self, role: str) -> Backbone:
         if role not in self._built:
             source = self._sources[role]
+            if source is None:
+                raise ValueError(f"the {role} tower was not provided: the method must declare the towers it reads")
             self._built[role] = source if isinstance(source, Backbone) else source()
         return self._built[role]
 
     @property
-    def built_roles(self) -> tuple[str, ...]:
-        """The roles a method has actually read (what its record must name)."""
-        return tuple(self._built)
+    def built(self) -> dict[str, Backbone]:
+        """The towers a method has actually read, by role."""
+        return dict(self._built)
 
     @property
     def audio(self) -> Backbone:
@@ -87,7 +90,8 @@ class Towers:
 class AdaptedEncoder(nn.Module):
     """Base of every method's encoder: (audio, visual) -> AVFeatures.
 
-    audio: [B, T, 1, F, W] log-mel; visual: [B, T, 3, H, W] frames.
+    audio: [B, T, S] one-second waveforms (each tower's front-end makes its features);
+    visual: [B, T, 3, H, W] frames.
     Subclasses set `audio_dim`, `visual_dim` and, for segmentation, `map_channels`.
     """
 
@@ -162,26 +166,35 @@ class Registry(Generic[T]):
         return name in self._entries
 
 
+TowerRole = Literal["audio", "visual", "shared"]
+
+
 @dataclass(frozen=True)
 class MethodEntry:
-    """A registered method: its config dataclass and its builder."""
+    """A registered method: its config dataclass, its builder and the tower roles it reads
+    (so that the harness resolves, and records, exactly those towers' weights)."""
 
     name: str
     config_cls: type
     build: Callable[[Towers, TaskSpec, Any], AdaptedEncoder]
     description: str
+    towers: tuple[TowerRole, ...]
 
 
 METHODS: Registry[MethodEntry] = Registry("method")
 
 
-def register_method(name: str, config_cls: type, description: str = "") -> Callable:
-    """Register `build(towers, task_spec, config) -> AdaptedEncoder` under `name`."""
+def register_method(
+    name: str, config_cls: type, description: str = "", towers: tuple[TowerRole, ...] = ("audio", "visual")
+) -> Callable:
+    """Register `build(towers, task_spec, config) -> AdaptedEncoder` under `name`; it reads
+    only the tower roles listed in `towers`."""
     if not dataclasses.is_dataclass(config_cls):
         raise TypeError(f"config of method {name!r} must be a dataclass")
 
     def wrap(build: Callable[[Towers, TaskSpec, Any], AdaptedEncoder]) -> Callable:
-        METHODS.add(name, MethodEntry(name, config_cls, build, description or (build.__doc__ or "").strip()))
+        entry = MethodEntry(name, config_cls, build, description or (build.__doc__ or "").strip(), towers)
+        METHODS.add(name, entry)
         return build
 
     return wrap

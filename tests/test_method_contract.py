@@ -8,32 +8,30 @@ import dataclasses
 
 import pytest
 import torch
-from tiny import assert_state_dict_round_trip
+from tiny import FAMILIES, assert_state_dict_round_trip, av_batch
 
 from bench.presets import get_preset
 from bench.registry import METHODS
 from bench.towers import build_towers
+from bench.weights import WeightSource
 from mettle_core.interface import AdaptedEncoder, TaskSpec
 
 SPECS = {
     "classification": TaskSpec("contract_cls", num_segments=3),
     "segmentation": TaskSpec("contract_seg", num_segments=2, needs_maps=True, kind="segmentation"),
 }
-PRESET = get_preset("smoke")
 
 
-def build(method: str, spec: TaskSpec, seed: int = 0) -> AdaptedEncoder:
+def build(method: str, spec: TaskSpec, preset: str, seed: int = 0) -> AdaptedEncoder:
+    """The registered method on its declared towers of a test preset, random weights."""
     entry = METHODS.get(method)
     torch.manual_seed(seed)
-    return entry.build(build_towers(PRESET, {}, seed), spec, entry.config_cls())
+    sources = {role: WeightSource(role, "random", "random") for role in entry.towers}
+    return entry.build(build_towers(get_preset(preset), sources, seed), spec, entry.config_cls())
 
 
-def inputs(spec: TaskSpec, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    shape = PRESET.shape
-    g = torch.Generator().manual_seed(1)
-    audio = torch.randn(batch, spec.num_segments, 1, shape.mel_bins, shape.mel_frames, generator=g)
-    visual = torch.randn(batch, spec.num_segments, 3, shape.image_size, shape.image_size, generator=g)
-    return audio, visual
+def inputs(spec: TaskSpec, preset: str, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    return av_batch(preset, batch, spec.num_segments)
 
 
 def feature_loss(feats) -> torch.Tensor:
@@ -62,9 +60,14 @@ def spec(request) -> TaskSpec:
     return SPECS[request.param]
 
 
-def test_forward_shapes(method, spec):
-    encoder = build(method, spec)
-    audio, visual = inputs(spec)
+@pytest.fixture(params=FAMILIES)
+def preset(request) -> str:
+    return request.param
+
+
+def test_forward_shapes(method, spec, preset):
+    encoder = build(method, spec, preset)
+    audio, visual = inputs(spec, preset)
     feats = encoder(audio, visual)
     assert feats.a.shape == (2, spec.num_segments, encoder.audio_dim)
     assert feats.v.shape == (2, spec.num_segments, encoder.visual_dim)
@@ -74,8 +77,8 @@ def test_forward_shapes(method, spec):
         assert all(m.shape[0] == 2 * spec.num_segments for m in feats.maps)
 
 
-def test_gradients_reach_exactly_the_declared_parameters(method, spec):
-    encoder = build(method, spec)
+def test_gradients_reach_exactly_the_declared_parameters(method, spec, preset):
+    encoder = build(method, spec, preset)
     encoder.train()
     open_gates(encoder)
     grouped = {id(p) for g in encoder.param_groups(1e-3) for p in g["params"]}
@@ -86,7 +89,7 @@ def test_gradients_reach_exactly_the_declared_parameters(method, spec):
         assert backbone <= trainable
     else:
         assert not backbone & trainable, "backbone weights must stay frozen"
-    loss = feature_loss(encoder(*inputs(spec)))
+    loss = feature_loss(encoder(*inputs(spec, preset)))
     assert loss.requires_grad == bool(trainable)
     if trainable:
         loss.backward()
@@ -99,8 +102,8 @@ def test_gradients_reach_exactly_the_declared_parameters(method, spec):
     assert (reached > 0) == bool(trainable)
 
 
-def test_state_dict_round_trip(method, spec):
-    assert_state_dict_round_trip(lambda seed: build(method, spec, seed), *inputs(spec))
+def test_state_dict_round_trip(method, spec, preset):
+    assert_state_dict_round_trip(lambda seed: build(method, spec, preset, seed), *inputs(spec, preset))
 
 
 def test_config_is_a_validated_dataclass(method):

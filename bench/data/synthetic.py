@@ -1,9 +1,11 @@
 """Procedural audio-visual primitives shared by every synthetic task.
 
 Visual classes are analytic shapes x colours drawn over a textured, noisy
-background; audio classes are harmonic stacks (pitch) x temporal patterns drawn
-over noise with non-harmonic distractor tones. Everything is vectorised over
-samples and deterministic given a `torch.Generator`.
+background; audio classes are one-second waveforms of harmonic stacks (pitch) x
+temporal patterns over noise with non-harmonic distractor tones, so that every
+audio tower computes its own input features with its own front-end, as on real
+data. Everything is vectorised over samples and deterministic given a
+`torch.Generator`.
 
 `render_scene` and `render_sources` draw the towers' pre-training data from a
 vocabulary DISJOINT from the downstream one: other shapes (over oriented grey
@@ -105,34 +107,61 @@ def render_visual(
     return (frames - 0.45) / 0.3, masks
 
 
-def render_audio(
-    gen: torch.Generator, classes: torch.Tensor, mel_bins: int, frames: int, noise: float = 0.3, distractors: int = 1
+def _tones(
+    gen: torch.Generator, n: int, samples: int, sample_rate: int, low: float, high: float, level: float
 ) -> torch.Tensor:
-    """Draw log-mel-like spectrograms [N, 1, mel_bins, frames] of the sounding
-    `classes` [N, M] (-1: silent slot), mixed additively over noise and
-    `distractors` pure tones that belong to no class."""
+    """Pure tones [N, samples], half of them silent, at log-uniform frequencies in [low, high]
+    Hz and random phase: sounds that belong to no class."""
+    freq = low * (high / low) ** torch.rand(n, 1, generator=gen)
+    phase = torch.rand(n, 1, generator=gen) * 2 * math.pi
+    on = (torch.rand(n, 1, generator=gen) < 0.5).float()
+    t = torch.arange(samples, dtype=torch.float32) / sample_rate
+    return level * on * torch.sin(2 * math.pi * freq * t + phase)
+
+
+def _harmonic(
+    f0: torch.Tensor, cycles: torch.Tensor, phase: torch.Tensor, weights: list[torch.Tensor], sample_rate: int
+) -> torch.Tensor:
+    """Sum over harmonics h of weights[h-1] * sin(2 pi h f0 * cycles(t) + h * phase): a source
+    whose instantaneous pitch is f0 times the derivative of `cycles` [1 or N, samples] (seconds
+    of a steady tone), kept below the Nyquist frequency."""
+    out = torch.zeros(f0.shape[0], cycles.shape[-1])
+    for h, w in enumerate(weights, start=1):
+        audible = (h * f0 < 0.45 * sample_rate).float()
+        out = out + w * audible * torch.sin(2 * math.pi * h * f0 * cycles + h * phase)
+    return out
+
+
+def render_audio(
+    gen: torch.Generator, classes: torch.Tensor, sample_rate: int, noise: float = 0.3, distractors: int = 1
+) -> torch.Tensor:
+    """One-second mono waveforms [N, sample_rate] of the sounding `classes` [N, M] (-1: silent
+    slot), mixed over white noise and `distractors` pure tones that belong to no class.
+
+    A class is a pitch (`c % 7`: f0 on a log grid from 180 to 800 Hz, three harmonics at
+    1/sqrt(h)) with a temporal pattern (`c // 7`): steady, pulsed at 4 Hz, rising or falling
+    glide (f0 x 0.7 -> 1.3 or 1.3 -> 0.7 over the second). Amplitudes stay within [-1, 1]
+    like decoded audio, so every tower's front-end sees what it would see on real data."""
     n, m = classes.shape
-    f = torch.arange(mel_bins, dtype=torch.float32).view(1, mel_bins, 1)
-    t = torch.linspace(0.0, 1.0, frames).view(1, 1, frames)
-    sigma = max(0.6, mel_bins / 64)
-    spec = torch.zeros(n, mel_bins, frames)
+    t = torch.arange(sample_rate, dtype=torch.float32).view(1, -1) / sample_rate
+    glide = {2: 0.7 * t + 0.3 * t**2, 3: 1.3 * t - 0.3 * t**2}  # seconds of steady tone elapsed
+    wave = torch.zeros(n, sample_rate)
     pitches = len(SHAPES)
     for j in range(m):
         cls = classes[:, j]
         c = cls.clamp(min=0)
-        pattern = (c // pitches).view(n, 1, 1)
-        f0 = (0.06 + 0.035 * (c % pitches).float()).view(n, 1, 1) * mel_bins
-        slope = torch.where(pattern == 2, 0.7 + 0.6 * t, torch.where(pattern == 3, 1.3 - 0.6 * t, torch.ones_like(t)))
+        pattern = (c // pitches).view(n, 1)
+        f0 = (180.0 * (800.0 / 180.0) ** ((c % pitches).float() / (pitches - 1))).view(n, 1)
+        cycles = torch.where(pattern == 2, glide[2], torch.where(pattern == 3, glide[3], t))
         env = torch.where(pattern == 1, 0.5 + 0.5 * torch.cos(2 * math.pi * 4 * t), torch.ones_like(t))
-        level = (cls >= 0).float().view(n, 1, 1) * (0.7 + 0.3 * torch.rand(n, 1, 1, generator=gen))
-        for h in (1, 2, 3):
-            spec = spec + level * env * torch.exp(-((f - h * f0 * slope) ** 2) / (2 * sigma**2)) / h**0.5
+        level = (cls >= 0).float().view(n, 1) * (0.7 + 0.3 * torch.rand(n, 1, generator=gen))
+        phase = torch.rand(n, 1, generator=gen) * 2 * math.pi
+        weights = [torch.tensor(h**-0.5) for h in (1, 2, 3)]
+        wave = wave + 0.15 * level * env * _harmonic(f0, cycles, phase, weights, sample_rate)
     for _ in range(distractors):
-        tone = torch.rand(n, 1, 1, generator=gen) * mel_bins
-        on = (torch.rand(n, 1, 1, generator=gen) < 0.5).float()
-        spec = spec + 0.6 * on * torch.exp(-((f - tone) ** 2) / (2 * sigma**2))
-    spec = spec + noise * torch.rand(n, mel_bins, frames, generator=gen)
-    return ((torch.log1p(4 * spec) - 0.5) / 0.5).unsqueeze(1)
+        wave = wave + _tones(gen, n, sample_rate, sample_rate, 100.0, 0.4 * sample_rate, 0.09)
+    wave = wave + 0.05 * noise * torch.randn(n, sample_rate, generator=gen)
+    return wave
 
 
 def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -185,18 +214,17 @@ def render_scene(
 
 
 def render_sources(
-    gen: torch.Generator, n: int, mel_bins: int, frames: int, max_sources: int = 2, distractors: int = 1
+    gen: torch.Generator, n: int, sample_rate: int, max_sources: int = 2, distractors: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pre-training spectrograms [N, 1, mel_bins, frames] with 0..max_sources harmonic
-    sources (0: noise only): a pitch from SOURCE_PITCHES steps, a pattern from
-    SOURCE_PATTERNS (steady, 8 Hz pulse, decay, 3 Hz vibrato, swell), 2-4 harmonics with
-    a random roll-off, over noise of random level and `distractors` pure tones. Returns
-    spectrograms and multi-hot labels: pitches present [N, SOURCE_PITCHES], patterns
-    present [N, len(SOURCE_PATTERNS)]."""
-    f = torch.arange(mel_bins, dtype=torch.float32).view(1, mel_bins, 1)
-    t = torch.linspace(0.0, 1.0, frames).view(1, 1, frames)
-    sigma = max(0.6, mel_bins / 64)
-    spec = torch.zeros(n, mel_bins, frames)
+    """Pre-training waveforms [N, sample_rate] (one second) with 0..max_sources harmonic
+    sources (0: noise only): a pitch from SOURCE_PITCHES steps on a log grid from 150 to
+    900 Hz (another grid than the downstream one), a pattern from SOURCE_PATTERNS (steady,
+    8 Hz pulse, decay, 3 Hz vibrato, swell), 2-4 harmonics with a random roll-off, over
+    noise of random level and `distractors` pure tones. Returns waveforms and multi-hot
+    labels: pitches present [N, SOURCE_PITCHES], patterns present [N, len(SOURCE_PATTERNS)]."""
+    t = torch.arange(sample_rate, dtype=torch.float32).view(1, -1) / sample_rate
+    vibrato = t + 0.06 / (2 * math.pi * 3) * (1 - torch.cos(2 * math.pi * 3 * t))  # f0 x (1 + 0.06 sin 6 pi t)
+    wave = torch.zeros(n, sample_rate)
     count = torch.randint(0, max_sources + 1, (n,), generator=gen)
     pitches = torch.zeros(n, SOURCE_PITCHES)
     patterns = torch.zeros(n, len(SOURCE_PATTERNS))
@@ -206,24 +234,21 @@ def render_sources(
         present = j < count
         pitch = torch.randint(SOURCE_PITCHES, (n,), generator=gen)
         pattern = torch.randint(len(SOURCE_PATTERNS), (n,), generator=gen)
-        harmonics = torch.randint(2, 5, (n, 1, 1), generator=gen)
-        rolloff = 0.3 + 0.7 * torch.rand(n, 1, 1, generator=gen)
-        level = present.float().view(n, 1, 1) * (0.6 + 0.4 * torch.rand(n, 1, 1, generator=gen))
-        f0 = (0.05 + 0.025 * pitch.float()).view(n, 1, 1) * mel_bins
-        p = pattern.view(n, 1, 1)
-        slope = torch.where(p == 3, 1 + 0.06 * torch.sin(2 * math.pi * 3 * t), one)
+        harmonics = torch.randint(2, 5, (n, 1), generator=gen)
+        rolloff = 0.3 + 0.7 * torch.rand(n, 1, generator=gen)
+        level = present.float().view(n, 1) * (0.6 + 0.4 * torch.rand(n, 1, generator=gen))
+        phase = torch.rand(n, 1, generator=gen) * 2 * math.pi
+        f0 = (150.0 * 6.0 ** (pitch.float() / (SOURCE_PITCHES - 1))).view(n, 1)
+        p = pattern.view(n, 1)
+        cycles = torch.where(p == 3, vibrato, t)
         env = torch.where(p == 1, 0.5 + 0.5 * torch.cos(2 * math.pi * 8 * t), one)
         env = torch.where(p == 2, torch.exp(-4 * t), env)
         env = torch.where(p == 4, 0.2 + 0.8 * t, env)
-        for h in (1, 2, 3, 4):
-            on = (harmonics >= h).float() / h**rolloff
-            spec = spec + level * env * on * torch.exp(-((f - h * f0 * slope) ** 2) / (2 * sigma**2))
+        weights = [(harmonics >= h).float() / h**rolloff for h in (1, 2, 3, 4)]
+        wave = wave + 0.15 * level * env * _harmonic(f0, cycles, phase, weights, sample_rate)
         pitches[rows[present], pitch[present]] = 1.0
         patterns[rows[present], pattern[present]] = 1.0
     for _ in range(distractors):
-        tone = torch.rand(n, 1, 1, generator=gen) * mel_bins
-        on = (torch.rand(n, 1, 1, generator=gen) < 0.5).float()
-        spec = spec + 0.6 * on * torch.exp(-((f - tone) ** 2) / (2 * sigma**2))
-    noise = 0.2 + 0.2 * torch.rand(n, 1, 1, generator=gen)
-    spec = spec + noise * torch.rand(n, mel_bins, frames, generator=gen)
-    return ((torch.log1p(4 * spec) - 0.5) / 0.5).unsqueeze(1), pitches, patterns
+        wave = wave + _tones(gen, n, sample_rate, sample_rate, 100.0, 0.4 * sample_rate, 0.09)
+    noise = 0.01 + 0.02 * torch.rand(n, 1, generator=gen)
+    return wave + noise * torch.randn(n, sample_rate, generator=gen), pitches, patterns

@@ -107,10 +107,10 @@ def make_synthetic_ave(cfg: AveConfig, n: int, shape: DataShape, seed: int) -> T
     vis1 = torch.where(off(), extra, -1)
     aud0 = torch.where(heard, c, torch.where(off(), d_aud, -1))
     frames, _ = render_visual(gen, torch.stack([vis0, vis1], -1).view(n * t, 2), shape.image_size, cfg.noise)
-    audio = render_audio(gen, aud0.reshape(n * t, 1), shape.mel_bins, shape.mel_frames)
+    audio = render_audio(gen, aud0.reshape(n * t, 1), shape.sample_rate)
     label = torch.where(seen & heard, c, BACKGROUND)
     return TensorAVDataset(
-        audio.view(n, t, 1, shape.mel_bins, shape.mel_frames),
+        audio.view(n, t, shape.sample_rate),
         frames.view(n, t, 3, shape.image_size, shape.image_size),
         {"label": label},
     )

@@ -76,14 +76,14 @@ def make_synthetic_avs(cfg: AvsConfig, n: int, shape: DataShape, seed: int, firs
     hidden = (torch.rand(n, t, 1, generator=gen) < cfg.offscreen) & frame_snd
     frames, vis = render_visual(gen, torch.where(hidden, -1, frame_cls).view(n * t, m), s, cfg.noise)
     mask = (vis & frame_snd.reshape(n * t, m, 1, 1)).any(1).view(n, t, s, s)
-    audio = render_audio(gen, torch.where(sounding, cls, -1)[:, None].expand(n, t, m).reshape(n * t, m),
-                         shape.mel_bins, shape.mel_frames)  # fmt: skip
+    sounds = torch.where(sounding, cls, -1)[:, None].expand(n, t, m).reshape(n * t, m)
+    audio = render_audio(gen, sounds, shape.sample_rate)
     weight = torch.ones(n, t)
     if first_frame_only:
         weight[:, 1:] = 0
         mask[:, 1:] = False
     return TensorAVDataset(
-        audio.view(n, t, 1, shape.mel_bins, shape.mel_frames),
+        audio.view(n, t, shape.sample_rate),
         frames.view(n, t, 3, s, s),
         {"mask": mask, "frame_weight": weight},
     )

@@ -83,7 +83,7 @@ def make_synthetic_avvp(cfg: AvvpConfig, n: int, shape: DataShape, seed: int, we
     aud_on, vis_on = on & heard[..., None], on & seen[..., None]
     slot = lambda active: torch.where(active, cls[..., None], -1).permute(0, 2, 1).reshape(n * t, m)  # noqa: E731
     frames, _ = render_visual(gen, slot(vis_on), shape.image_size, cfg.noise)
-    audio = render_audio(gen, slot(aud_on), shape.mel_bins, shape.mel_frames)
+    audio = render_audio(gen, slot(aud_on), shape.sample_rate)
     gt_a = torch.zeros(n, NUM_CLASSES, t, dtype=torch.bool)
     gt_v = torch.zeros_like(gt_a)
     gt_a.scatter_(1, cls[..., None].expand(n, m, t), aud_on)  # classes are distinct: no overwrite
@@ -92,7 +92,7 @@ def make_synthetic_avvp(cfg: AvvpConfig, n: int, shape: DataShape, seed: int, we
     if not weak:
         targets |= {"gt_audio": gt_a, "gt_visual": gt_v}
     return TensorAVDataset(
-        audio.view(n, t, 1, shape.mel_bins, shape.mel_frames),
+        audio.view(n, t, shape.sample_rate),
         frames.view(n, t, 3, shape.image_size, shape.image_size),
         targets,
     )

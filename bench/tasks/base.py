@@ -26,12 +26,11 @@ class DataShape:
     """Input geometry a preset feeds its towers (per segment)."""
 
     image_size: int  # frames are image_size x image_size RGB
-    mel_bins: int  # log-mel height F
-    mel_frames: int  # log-mel width W (time frames per segment)
+    sample_rate: int  # audio is a mono waveform of one second (sample_rate samples) per segment
 
 
 class TensorAVDataset(Dataset):
-    """Whole split held as tensors: audio [N, T, 1, F, W], visual [N, T, 3, H, W] and
+    """Whole split held as tensors: audio [N, T, S] waveforms, visual [N, T, 3, H, W] and
     target tensors with leading dimension N. Used by every synthetic source."""
 
     def __init__(self, audio: torch.Tensor, visual: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:

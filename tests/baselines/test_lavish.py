@@ -5,29 +5,31 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from baseline_helpers import CLS, SEG, assert_state_dict_round_trip, av_batch, probe_loss, tiny_towers
+from baseline_helpers import CLS, SEG, assert_state_dict_round_trip, av_batch, probe_loss, preset_towers
 
 from baselines.lavish import LavishConfig, LavishEncoder, lavish_param_count
-from mettle_core.backbone import Backbone
+from mettle_core.backbone import Backbone, Modality
 from mettle_core.interface import METHODS, TaskSpec
 
 
-def frozen_reference(bb: Backbone, x: torch.Tensor, keep: tuple[int, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The plain tower's pooled output and pyramid maps on [B, T, C, H, W] input."""
+def frozen_reference(
+    bb: Backbone, x: torch.Tensor, modality: Modality, keep: tuple[int, ...]
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The plain tower's pooled output and pyramid maps on [B, T, ...] input."""
     with torch.no_grad():
-        last, kept = bb.forward_units(bb.prepare(x.flatten(0, 1)))
+        last, kept = bb.forward_units(bb.prepare(x.flatten(0, 1), modality))
     return bb.pool(last).reshape(*x.shape[:2], -1), [bb.grid(kept[i]) for i in keep]
 
 
 @pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])
 def test_zero_gates_reproduce_frozen_tower(family: str, spec: TaskSpec) -> None:
-    bb = tiny_towers(family).shared
-    enc = LavishEncoder(bb, spec, LavishConfig())
-    audio, visual = av_batch()
+    bb = preset_towers(family).shared
+    enc = LavishEncoder(bb, spec, LavishConfig(tower_train_mode=False))
+    audio, visual = av_batch(family)
     out = enc(audio, visual)  # training mode: BatchNorm on batch statistics, still gated to zero
     keep = bb.pyramid_units() if spec.needs_maps else ()
-    ref_a, _ = frozen_reference(bb, audio, keep)
-    ref_v, ref_maps = frozen_reference(bb, visual, keep)
+    ref_a, _ = frozen_reference(bb, audio, "audio", keep)
+    ref_v, ref_maps = frozen_reference(bb, visual, "visual", keep)
     assert torch.equal(out.a, ref_a) and torch.equal(out.v, ref_v)
     if spec.needs_maps:
         assert out.maps is not None and len(out.maps) == 4
@@ -39,13 +41,13 @@ def test_zero_gates_reproduce_frozen_tower(family: str, spec: TaskSpec) -> None:
 
 
 def test_gradients_reach_adapters_not_backbone(family: str) -> None:
-    enc = LavishEncoder(tiny_towers(family).shared, CLS, LavishConfig())
+    enc = LavishEncoder(preset_towers(family).shared, CLS, LavishConfig())
     with torch.no_grad():  # open every gate so that every adapter weight is on the path
         for ad in enc.adapters.modules():
             if hasattr(ad, "gate_av"):
                 ad.gate_av.fill_(0.5)
                 ad.gate.fill_(0.5)
-    probe_loss(enc, *av_batch()).backward()
+    probe_loss(enc, *av_batch(family)).backward()
     for name, p in enc.adapters.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
     assert all(not p.requires_grad and p.grad is None for p in enc.backbone_parameters())
@@ -56,16 +58,37 @@ def test_gradients_reach_adapters_not_backbone(family: str) -> None:
 
 def test_gates_alone_get_gradients_at_init(family: str) -> None:
     """At init only the zero gates sit on the path; they must still learn to open."""
-    enc = LavishEncoder(tiny_towers(family).shared, CLS, LavishConfig())
-    probe_loss(enc, *av_batch()).backward()
+    enc = LavishEncoder(preset_towers(family).shared, CLS, LavishConfig())
+    probe_loss(enc, *av_batch(family)).backward()
     gates = [m.gate.grad for m in enc.adapters.modules() if hasattr(m, "gate_av")]
     assert gates and all(g is not None and g.abs().item() > 0 for g in gates)
 
 
-def test_tower_stays_in_eval_mode(family: str) -> None:
-    enc = LavishEncoder(tiny_towers(family).shared, CLS, LavishConfig()).train()
+def test_tower_follows_train_mode_as_official_unless_switched_off(family: str) -> None:
+    """The official main_trans.py calls model.train() on the whole model, so the frozen tower's
+    drop-path is live while training; `tower_train_mode=False` keeps the tower in eval mode."""
+    enc = LavishEncoder(preset_towers(family).shared, CLS, LavishConfig()).train()
+    assert all(m.training for m in enc.shared.modules()) and all(m.training for m in enc.adapters.modules())
+    assert not any(m.training for m in enc.eval().modules())
+    enc = LavishEncoder(preset_towers(family).shared, CLS, LavishConfig(tower_train_mode=False)).train()
     assert not any(m.training for m in enc.shared.modules())
     assert all(m.training for m in enc.adapters.modules())
+
+
+def test_official_tower_mode_makes_training_stochastic() -> None:
+    """Swin-V2's drop-path (timm's default rate 0.1) is what train mode turns on: two forward
+    passes of the same batch differ in train mode and agree in eval mode."""
+    enc = LavishEncoder(preset_towers("smoke").shared, CLS, LavishConfig())
+    with torch.no_grad():
+        for ad in enc.adapters.modules():
+            if hasattr(ad, "gate_av"):
+                ad.gate.fill_(0.5)
+    audio, visual = av_batch("smoke", b=4)
+    torch.manual_seed(0)
+    first, second = enc.train()(audio, visual), enc(audio, visual)
+    assert not torch.equal(first.v, second.v)
+    enc.eval()
+    assert torch.equal(enc(audio, visual).v, enc(audio, visual).v)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +102,7 @@ def test_tower_stays_in_eval_mode(family: str) -> None:
 )
 @pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])
 def test_param_count_formula_tiny(family: str, cfg: LavishConfig, spec: TaskSpec) -> None:
-    bb = tiny_towers(family).shared
+    bb = preset_towers(family).shared
     enc = LavishEncoder(bb, spec, cfg)
     counted = sum(p.numel() for p in enc.parameters() if p.requires_grad)
     assert counted == lavish_param_count([u.dim for u in bb.units], cfg.resolve(spec))
@@ -113,7 +136,7 @@ def test_config_rejects_bad_values(kwargs: dict[str, int], field: str) -> None:
 
 def test_indivisible_groups_rejected() -> None:
     with pytest.raises(ValueError, match="groups"):
-        LavishEncoder(tiny_towers("vit").shared, CLS, LavishConfig(groups=3))
+        LavishEncoder(preset_towers("smoke_vit").shared, CLS, LavishConfig(groups=3))
 
 
 @pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])

@@ -11,7 +11,7 @@ from baseline_helpers import (
     av_batch,
     logit_only_params,
     probe_loss,
-    tiny_towers,
+    preset_towers,
 )
 
 from baselines.lora import LoraMethodConfig, build, lora_param_count, target_linears
@@ -22,7 +22,7 @@ TARGETS = ("qkv", "qkv_proj", "all_linear")
 
 @pytest.mark.parametrize("targets", TARGETS)
 def test_param_count_formula(family: str, targets: str) -> None:
-    towers = tiny_towers(family)
+    towers = preset_towers(family)
     shapes = [
         (m.in_features, m.out_features)
         for bb in (towers.audio, towers.visual)
@@ -37,7 +37,7 @@ def test_param_count_formula(family: str, targets: str) -> None:
 
 @pytest.mark.parametrize("targets", TARGETS)
 def test_every_lora_param_learns_and_base_is_unchanged(family: str, targets: str) -> None:
-    enc = build(tiny_towers(family), CLS, LoraMethodConfig(targets=targets))
+    enc = build(preset_towers(family), CLS, LoraMethodConfig(targets=targets))
     if family == "swinv2":
         attns = [m for m in enc.modules() if type(m).__name__ == "WindowAttention"]
         assert attns and all(m.qkv_bias_separate for m in attns)
@@ -45,7 +45,7 @@ def test_every_lora_param_learns_and_base_is_unchanged(family: str, targets: str
     lora = {n: p for n, p in enc.named_parameters() if p.requires_grad}
     dead = logit_only_params(enc)
     opt = torch.optim.SGD(enc.param_groups(0.1)[0]["params"], lr=0.1)
-    audio, visual = av_batch()
+    audio, visual = av_batch(family)
     for _ in range(2):  # peft zero-inits lora_B, so lora_A only gets a gradient after one step
         opt.zero_grad()
         probe_loss(enc, audio, visual).backward()
@@ -61,12 +61,13 @@ def test_every_lora_param_learns_and_base_is_unchanged(family: str, targets: str
 def test_swin_fused_qkv_would_bypass_lora() -> None:
     """Why qkv_bias_separate is set: without it timm's F.linear path skips the wrapped qkv,
     leaving the (qkv-only) LoRA weights off the graph."""
-    enc = build(tiny_towers("swinv2"), CLS, LoraMethodConfig())
-    assert probe_loss(enc, *av_batch()).requires_grad
+    enc = build(preset_towers("smoke"), CLS, LoraMethodConfig())
+    enc.audio_bb.requires_grad_(False)  # the HTS-AT audio tower calls qkv(x) itself: look at the Swin-V2 alone
+    assert probe_loss(enc, *av_batch("smoke")).requires_grad
     for m in enc.modules():
         if hasattr(m, "qkv_bias_separate"):
             m.qkv_bias_separate = False
-    assert not probe_loss(enc, *av_batch()).requires_grad
+    assert not probe_loss(enc, *av_batch("smoke")).requires_grad
 
 
 def test_config_validation() -> None:

@@ -11,7 +11,7 @@ from baseline_helpers import (
     av_batch,
     logit_only_params,
     probe_loss,
-    tiny_towers,
+    preset_towers,
 )
 
 from baselines.frozen import FrozenConfig
@@ -20,11 +20,11 @@ from mettle_core.interface import METHODS, TaskSpec
 
 
 def test_frozen_trains_nothing(family: str) -> None:
-    enc = METHODS.get("frozen").build(tiny_towers(family), SEG, FrozenConfig()).train()
+    enc = METHODS.get("frozen").build(preset_towers(family), SEG, FrozenConfig()).train()
     assert not any(p.requires_grad for p in enc.parameters())
     assert enc.param_groups(1e-3) == []
     assert not any(m.training for m in enc.modules() if m is not enc)
-    out = enc(*av_batch())
+    out = enc(*av_batch(family))
     assert out.a.grad_fn is None and out.v.grad_fn is None
     assert out.a.shape == (2, 2, enc.audio_dim) and out.v.shape == (2, 2, enc.visual_dim)
     assert out.maps is not None and tuple(m.shape[1] for m in out.maps) == enc.map_channels
@@ -32,10 +32,10 @@ def test_frozen_trains_nothing(family: str) -> None:
 
 
 def test_full_trains_every_tower_weight(family: str) -> None:
-    enc = METHODS.get("full").build(tiny_towers(family), CLS, FullConfig(backbone_lr_scale=0.1))
+    enc = METHODS.get("full").build(preset_towers(family), CLS, FullConfig(backbone_lr_scale=0.1))
     params = list(enc.backbone_parameters())
     assert params and all(p.requires_grad for p in params)
-    probe_loss(enc, *av_batch()).backward()
+    probe_loss(enc, *av_batch(family)).backward()
     dead = logit_only_params(enc)
     for n, p in enc.named_parameters():
         assert p.grad is not None and (p.grad.abs().sum() > 0) != (n in dead), n

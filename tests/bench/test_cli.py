@@ -14,8 +14,9 @@ import torch
 
 from bench.cli import main
 from bench.presets import get_preset
-from bench.results import ResultsStore, file_digest
+from bench.results import ResultsStore
 from bench.runner import RunPlan, resolve, weights_changed
+from bench.weights import file_digest
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = ["run", "--methods", "frozen,full", "--tasks", "ave", "--preset", "smoke", "--device", "cpu"]
@@ -83,11 +84,12 @@ def test_rerun_skips_finished_runs_and_force_reruns(smoke_out, capsys):
 def _save_tower(path: Path, role: str, seed: int) -> str:
     from safetensors.torch import save_file
 
-    from bench.presets import get_preset
     from bench.towers import build_backbone
 
+    smoke = get_preset("smoke")
     torch.manual_seed(seed)
-    state = build_backbone(getattr(get_preset("smoke"), role)).model.state_dict()
+    state = build_backbone(getattr(smoke, role), smoke.shape).model.state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return file_digest(path)
 
@@ -98,11 +100,15 @@ def test_records_name_the_weights_each_tower_was_built_from_and_reruns_follow_th
     run = ["run", "--tasks", "ave", "--preset", "smoke", "--set", "measure.enabled=false", "--out", str(tmp_path)]
     assert main([*run, "--methods", "frozen,lavish", "--set", f"towers.visual={visual}"]) == 0
     weights = {r["method"]: r["weights"] for r in _records(tmp_path)}
+    tower = {"arch": "swinv2", "params": 428807}
     assert weights["frozen"] == {
-        "audio": {"file": None, "sha256": None},
-        "visual": {"file": str(visual), "sha256": digest},
+        "audio": {"name": "random", "origin": "random", "file": None, "sha256": None, "arch": "htsat", "params": 309183},
+        "visual": {"name": str(visual), "origin": "explicit", "file": str(visual), "sha256": digest, **tower},
     }
-    assert weights["lavish"] == {"shared": {"file": str(visual), "sha256": digest}}  # it shares the given visual tower
+    # LAVisH shares the given visual tower
+    assert weights["lavish"] == {
+        "shared": {"name": str(visual), "origin": "explicit", "file": str(visual), "sha256": digest, **tower}
+    }
     capsys.readouterr()
     assert main([*run, "--methods", "frozen,lavish", "--set", f"towers.visual={visual}"]) == 0
     assert capsys.readouterr().err.count("skip ") == 2
@@ -201,3 +207,40 @@ def test_every_record_names_the_commit_the_invocation_started_at(tmp_path, monke
     monkeypatch.setattr(bench.runner, "git_state", lambda out_dir: {"sha": next(shas), "dirty": False})
     assert main([*RUN, "--out", str(tmp_path)]) == 0
     assert [r["git"]["sha"] for r in _records(tmp_path)] == ["started", "started"]
+
+
+def test_a_tower_named_on_the_hub_runs_from_the_cache_offline(tmp_path, monkeypatch, capsys):
+    """--set towers.visual=hf-hub:... resolves from a pre-populated Hugging Face cache with
+    HF_HUB_OFFLINE=1 and the record names the cached file; a name the cache lacks exits 2
+    before any run, saying how to fetch it."""
+    cache = tmp_path / "hub"
+    repo = "timm/swinv2_tiny_window8_256.ms_in1k"
+    snapshot = cache / f"models--{repo.replace('/', '--')}" / "snapshots" / ("a" * 40)
+    digest = _save_tower(snapshot / "model.safetensors", "visual", 2)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run = [*RUN[:2], "frozen", *RUN[3:], "--set", "measure.enabled=false", "--out", str(tmp_path / "out")]
+    assert main([*run, "--set", f"towers.visual=hf-hub:{repo}"]) == 0
+    (record,) = _records(tmp_path / "out")
+    assert record["weights"]["visual"]["origin"] == "hub" and record["weights"]["visual"]["sha256"] == digest
+    assert record["weights"]["visual"]["file"] == str(snapshot / "model.safetensors")
+    capsys.readouterr()
+    assert main([*run, "--set", "towers.visual=hf-hub:timm/not_cached"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "not in the Hugging Face cache" in err and "hf download timm/not_cached" in err
+    assert len(_records(tmp_path / "out")) == 1
+
+
+def test_the_summary_fits_80_columns_and_the_default_out_is_ignored_by_git(tmp_path, monkeypatch, capsys):
+    from bench.cli import DEFAULT_OUT
+
+    assert DEFAULT_OUT == Path("runs") and "/runs/" in (REPO / ".gitignore").read_text().splitlines()
+    monkeypatch.setenv("COLUMNS", "80")
+    args = ["run", "--methods", "frozen,lavish,mettle,lora,full", "--tasks", "avvp", "--preset", "smoke"]
+    assert main([*args, "--set", "measure.repeats=1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    table = out[: out.index("records:")] if "records:" in out else out
+    assert "avvp: seg_type_av" in table and "mettle" in table
+    assert "…" not in table and max(len(line) for line in table.splitlines()) <= 80

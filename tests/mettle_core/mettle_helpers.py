@@ -2,47 +2,44 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
-from tiny import tiny_swin, tiny_vit
+from tiny import av_batch as preset_batch
+from tiny import probe_loss, tower
 from torch import nn
 
+from bench.presets import get_preset
+from bench.towers import build_backbone
 from mettle_core.backbone import Backbone
-from mettle_core.interface import AdaptedEncoder, TaskSpec
+from mettle_core.interface import TaskSpec
 
+__all__ = ["CLS", "SEG", "av_batch", "probe_loss", "saved_bytes", "towers", "vit"]
 CLS = TaskSpec("ave", num_segments=2)
 SEG = TaskSpec("avs_s4", num_segments=2, needs_maps=True, kind="segmentation")
+PRESETS = {"vit": "smoke_vit", "swinv2": "smoke"}  # visual tower family -> test preset
 
 
 def vit(in_chans: int, depth: int = 3) -> Backbone:
-    return tiny_vit(in_chans, depth)
-
-
-def swin(in_chans: int) -> Backbone:
-    return tiny_swin(in_chans)
+    """A `smoke_vit` ViT of `depth` blocks (width 32, 16 patches and a class token on 32 px);
+    the 1-channel one is the audio tower, hearing through its fbank."""
+    preset = get_preset("smoke_vit")
+    spec = preset.audio if in_chans == 1 else preset.visual
+    return build_backbone(dataclasses.replace(spec, kwargs={**spec.kwargs, "depth": depth}), preset.shape)
 
 
 def towers(family: str, seed: int = 0) -> tuple[Backbone, Backbone]:
-    """(audio, visual) towers of one family: 1-channel audio, 3-channel visual."""
+    """(audio, visual) towers of one family: ViTs of depth 3, or the smoke HTS-AT and Swin-V2."""
     torch.manual_seed(seed)
-    make = vit if family == "vit" else swin
-    return make(1), make(3)
+    if family == "vit":
+        return vit(1), vit(3)
+    return tower("smoke", "audio", seed), tower("smoke", "visual", seed + 1)
 
 
 def av_batch(b: int = 2, t: int = 2, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """audio [B, T, 1, 16, 16], visual [B, T, 3, 32, 32] (the ViT visual tower resizes)."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, t, 1, 16, 16, generator=g), torch.randn(b, t, 3, 32, 32, generator=g)
-
-
-def probe_loss(enc: AdaptedEncoder, audio: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
-    """Random projections of every output: a plain sum of LayerNorm outputs has zero gradient."""
-    out = enc(audio, visual)
-    g = torch.Generator().manual_seed(7)
-    loss = sum((t * torch.randn(t.shape, generator=g)).sum() for t in [out.a, out.v, *(out.maps or [])])
-    assert isinstance(loss, torch.Tensor)
-    return loss
+    """Waveforms [B, T, 8000] and frames [B, T, 3, 28, 28] (both test presets hear 8 kHz)."""
+    return preset_batch("smoke", b, t, seed)
 
 
 def saved_bytes(model: nn.Module, step: Callable[[], object]) -> int:

@@ -102,9 +102,10 @@ def test_param_count_by_hand() -> None:
     # LCD(D), K=8, r=8: meta 8D + LayerNorm 2D + down D*D/8 + D/8 + up D/8*D + D + gate 1.
     # ViT D=32: 256 + 64 + 132 + 160 + 1 = 613, three blocks, two towers.
     assert trainable_count(build("vit")) == 2 * 3 * 613
-    # Swin widths 16, 32, 64, 64, 128: LCDs 243 + 613 + 2 * 1737 + 5521 = 9851, plus
-    # projections of the four narrower blocks to 128: (17 + 33 + 65 + 65) * 128 = 23040.
-    assert trainable_count(build("swinv2")) == 2 * (9851 + 23040)
+    # Swin-V2 widths 16, 32, 64, 64, 64, 128: LCDs 243 + 613 + 3 * 1737 + 5521 = 11588, plus
+    # projections of the five narrower blocks to 128: (17 + 33 + 3 * 65) * 128 = 31360; HTS-AT
+    # widths 16, 32, 64, 128: 243 + 613 + 1737 + 5521 = 8114 and (17 + 33 + 65) * 128 = 14720.
+    assert trainable_count(build("swinv2")) == 11588 + 31360 + 8114 + 14720
 
 
 def test_activation_bytes_grow_with_depth_only_by_kept_features_and_lcd() -> None:

@@ -17,7 +17,7 @@ def seg_encoder(family: str = "swinv2", **overrides: object) -> MettleEncoder:
 def frozen_pyramid(bb: Backbone, visual: torch.Tensor) -> list[torch.Tensor]:
     """The maps straight from the tower, without Mettle."""
     with torch.no_grad():
-        _, kept = bb.forward_units(bb.prepare(visual.flatten(0, 1)), keep=set(bb.pyramid_units()))
+        _, kept = bb.forward_units(bb.prepare(visual.flatten(0, 1), "visual"), keep=set(bb.pyramid_units()))
     return [bb.grid(kept[i]) for i in bb.pyramid_units()]
 
 
@@ -26,7 +26,7 @@ def test_adapted_pyramid_has_the_decoder_shapes() -> None:
     audio, visual = av_batch(b=2, t=3)
     maps = enc(audio, visual).maps
     assert maps is not None
-    # Swin with 4x4 patches on 64x64 frames: stage grids 16, 8, 4, 2 at widths 16, 32, 64, 128.
+    # Swin-V2 with 2x2 patches on 32x32 frames: stage grids 16, 8, 4, 2 at widths 16, 32, 64, 128.
     assert enc.map_channels == enc.visual_bb.pyramid_channels() == (16, 32, 64, 128)
     assert [tuple(m.shape) for m in maps] == [(6, 16, 16, 16), (6, 32, 8, 8), (6, 64, 4, 4), (6, 128, 2, 2)]
     assert all(m.dtype == torch.float32 and m.requires_grad for m in maps)

@@ -24,7 +24,7 @@ class FakeEncoder(AdaptedEncoder):
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> AVFeatures:
         b, t = audio.shape[:2]
-        a = self.a(audio.mean((-2, -1)))  # [B, T, 1] -> [B, T, Da]
+        a = self.a(audio.mean(-1, keepdim=True))  # [B, T, S] -> [B, T, 1] -> [B, T, Da]
         v = self.v(visual.mean((-2, -1)))
         flat = visual.flatten(0, 1)
         maps = [conv(F.avg_pool2d(flat, 2 ** (i + 2))) for i, conv in enumerate(self.maps)]
@@ -39,4 +39,4 @@ def encoder() -> FakeEncoder:
 
 @pytest.fixture
 def shape() -> DataShape:
-    return DataShape(image_size=32, mel_bins=16, mel_frames=12)
+    return DataShape(image_size=32, sample_rate=2000)

@@ -26,7 +26,7 @@ def test_near_miss_shares_exactly_one_factor_and_covers_the_rest() -> None:
 
 
 def test_ave_labels_and_near_miss_switch_changes_only_the_distractors() -> None:
-    shape = DataShape(image_size=16, mel_bins=16, mel_frames=16)
+    shape = DataShape(image_size=16, sample_rate=2000)
     near = make_synthetic_ave(AveConfig(segments=5, near_miss=1.0), 30, shape, seed=3).tensors
     far = make_synthetic_ave(AveConfig(segments=5, near_miss=0.0), 30, shape, seed=3).tensors
     label = near["label"]

@@ -17,7 +17,7 @@ def test_synthetic_shapes_and_determinism(name: str, cfg_cls: type, shape: DataS
     data = task.synthetic(cfg_cls(**SMALL), shape)
     for split, n in (("train", 4), ("val", 3), ("test", 2)):
         t = data[split].tensors
-        assert t["audio"].shape == (n, 5, 1, 16, 12) and t["audio"].dtype == torch.float32
+        assert t["audio"].shape == (n, 5, 2000) and t["audio"].dtype == torch.float32
         assert t["visual"].shape == (n, 5, 3, 32, 32) and t["visual"].dtype == torch.float32
         assert t["mask"].shape == (n, 5, 32, 32) and t["mask"].dtype == torch.bool
         assert t["frame_weight"].shape == (n, 5)
