@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from baseline_helpers import CLS, SEG, assert_state_dict_round_trip, av_batch, probe_loss, preset_towers
+from baseline_helpers import CLS, SEG, assert_state_dict_round_trip, av_batch, preset_towers, probe_loss
 
 from baselines.lavish import LavishConfig, LavishEncoder, lavish_param_count
 from mettle_core.backbone import Backbone, Modality

@@ -10,8 +10,8 @@ from baseline_helpers import (
     assert_state_dict_round_trip,
     av_batch,
     logit_only_params,
-    probe_loss,
     preset_towers,
+    probe_loss,
 )
 
 from baselines.frozen import FrozenConfig

@@ -102,7 +102,14 @@ def test_records_name_the_weights_each_tower_was_built_from_and_reruns_follow_th
     weights = {r["method"]: r["weights"] for r in _records(tmp_path)}
     tower = {"arch": "swinv2", "params": 428807}
     assert weights["frozen"] == {
-        "audio": {"name": "random", "origin": "random", "file": None, "sha256": None, "arch": "htsat", "params": 309183},
+        "audio": {
+            "name": "random",
+            "origin": "random",
+            "file": None,
+            "sha256": None,
+            "arch": "htsat",
+            "params": 309183,
+        },
         "visual": {"name": str(visual), "origin": "explicit", "file": str(visual), "sha256": digest, **tower},
     }
     # LAVisH shares the given visual tower
