@@ -43,10 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train, select on val, test and measure methods on tasks")
-    run.add_argument("--methods", type=_csv, default=["mettle", "lavish"], help="comma-separated method names")
+    run.add_argument(
+        "--plan", type=Path, default=None, help="an experiment file (e.g. bench/studies/reference.toml); flags win"
+    )
+    run.add_argument("--methods", type=_csv, default=None, help="comma-separated method names (default: mettle,lavish)")
     run.add_argument("--tasks", type=_csv, default=None, help="comma-separated task names (default: all)")
-    run.add_argument("--preset", default="tiny", help=PRESET_HELP)
-    run.add_argument("--seeds", type=_seeds, default=[0])
+    run.add_argument("--preset", default=None, help=PRESET_HELP + " (default: tiny)")
+    run.add_argument("--seeds", type=_seeds, default=None, help="comma-separated seeds (default: 0)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--out", type=Path, default=DEFAULT_OUT)
     run.add_argument(
@@ -68,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--tune",
         default=None,
         metavar="KEY=V1,V2",
-        help="give every method the same candidates (e.g. train.lr=3e-4,1e-3,3e-3); tables keep, "
-        "per method, task and seed, the candidate with the best val metric",
+        help="give every method the same candidates (e.g. train.lr=3e-4,1e-3,3e-3); tables keep, per method, "
+        "the candidate with the best mean rank of its val metric over the tasks",
     )
     run.add_argument("--force", action="store_true", help="rerun runs that already finished")
 
@@ -166,21 +169,28 @@ def _data_sources(items: list[str], tasks: list[str]) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from bench.device import distributed, is_main_process
+    from bench.plan import PlanFile, load_plan
     from bench.registry import task_names
     from bench.report import write_figures, write_tables
     from bench.runner import RunPlan, execute, resolve
 
-    get_preset(args.preset)
-    tasks = args.tasks or task_names()
+    file = load_plan(args.plan) if args.plan else PlanFile(Path())
+    preset = args.preset or file.preset or "tiny"
+    get_preset(preset)
+    tasks = args.tasks or file.tasks or task_names()
+    if args.tune and file.candidates:
+        raise UsageError("--tune and a plan's [candidates] both give candidates: use one")
     plan = RunPlan(
-        methods=args.methods,
+        methods=args.methods or file.methods or ["mettle", "lavish"],
         tasks=tasks,
-        preset=args.preset,
-        seeds=args.seeds,
+        preset=preset,
+        seeds=args.seeds or file.seeds or [0],
         device=args.device,
         source=_data_sources(args.data, tasks),
-        overrides=args.overrides,
+        overrides=[*file.overrides, *args.overrides],
         force=args.force,
+        tags={"plan": str(args.plan)} if args.plan else {},
+        candidates=file.candidates,
         tune=args.tune,
         command=args.command_line,
     )

@@ -26,34 +26,76 @@ EFFICIENCY_COLUMNS = {
 }
 
 
-def select_tuned(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Of runs tuned over candidates of one key (`--tune`), keep per (method, task,
-    preset, source, seed) the one with the best val selection metric: every method
-    gets the same candidates and the choice never looks at test."""
-    best: dict[tuple, dict[str, Any]] = {}
-    out = []
+def candidate_selection(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """For runs over candidate configurations (a plan's candidates or `--tune`): one row per
+    (preset, source, method, candidate) with, per task, the val and test selection metric
+    averaged over seeds, the candidate's rank among its method's candidates on each task's
+    val mean (1 = best; ties share the average rank), the mean of those ranks and whether it
+    is chosen: the lowest mean rank, the first listed on a tie. The rule was fixed before any
+    test number was read, and reads none. A candidate missing a task (a failed run) cannot be
+    chosen."""
+    rows = []
     for r in records:
-        tuned = r.get("tags", {}).get("tuned")
-        if tuned is None or r.get("status") != "ok":
-            out.append(r)
+        candidate = (r.get("tags") or {}).get("candidate")
+        if candidate is None or r.get("status") != "ok":
             continue
-        val = r["metrics"].get("val_" + get_task(r["task"]).selection_metric, float("-inf"))
-        group = (r["method"], r["task"], r["preset"], r["source"], r["seed"], tuned)
-        if group not in best or val > best[group]["metrics"].get("val_" + get_task(r["task"]).selection_metric):
-            best[group] = r
-    return out + list(best.values())
+        metric = get_task(r["task"]).selection_metric
+        rows.append(
+            {**{k: r[k] for k in ("preset", "source", "method", "task", "seed")}, "candidate": candidate}
+            | {"val": r["metrics"].get("val_" + metric), "test": r["metrics"].get(metric)}
+        )
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    method_keys = ["preset", "source", "method"]
+    per_task = df.groupby([*method_keys, "candidate", "task"], sort=False).agg(
+        val=("val", "mean"), test=("test", "mean"), seeds=("seed", "nunique")
+    )
+    out = per_task.reset_index().pivot_table(
+        index=[*method_keys, "candidate"], columns="task", values=["val", "test"], sort=False
+    )
+    out.columns = [f"{task}.{value}" for value, task in out.columns]
+    tasks = list(dict.fromkeys(df["task"]))
+    out["complete"] = out[[f"{t}.val" for t in tasks]].notna().all(axis=1)
+    for t in tasks:  # ranked among the complete candidates only, so a failed one moves no rank
+        val = out[f"{t}.val"].where(out["complete"])
+        out[f"{t}.rank"] = val.groupby(level=method_keys, sort=False).rank(ascending=False, method="average")
+    out["mean_rank"] = out[[f"{t}.rank" for t in tasks]].mean(axis=1)
+    order = {c: i for i, c in enumerate(dict.fromkeys(df["candidate"]))}
+    out = out.reset_index().sort_values(
+        [*method_keys, "candidate"], key=lambda c: c.map(order) if c.name == "candidate" else c, kind="stable"
+    )
+    eligible = out[out["complete"]]
+    chosen = eligible.loc[eligible.groupby(method_keys, sort=False)["mean_rank"].idxmin()]
+    out["chosen"] = out.index.isin(chosen.index)
+    return out.reset_index(drop=True)
+
+
+def select_candidates(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records the tables report: every record run without candidates, and, of runs over
+    candidates, those of each method's chosen candidate (`candidate_selection`)."""
+    selection = candidate_selection(records)
+    if selection.empty:
+        return records
+    chosen = {tuple(r) for r in selection[selection["chosen"]][["preset", "source", "method", "candidate"]].values}
+    kept = []
+    for r in records:
+        candidate = (r.get("tags") or {}).get("candidate")
+        if candidate is None or (r["preset"], r["source"], r["method"], candidate) in chosen:
+            kept.append(r)
+    return kept
 
 
 def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per finished run: identity columns, metrics and efficiency flattened."""
     rows = []
-    for r in select_tuned(records):
+    for r in select_candidates(records):
         if r.get("status") != "ok":
             continue
         row = {k: r[k] for k in ("method", "task", "preset", "source", "seed")}
         tags = r.get("tags") or {}
-        if "tuned" in tags:
-            row["tuned"] = f"{tags['tuned']}={tags['value']}"
+        if "candidate" in tags:
+            row["candidate"] = tags["candidate"]
         row.update({f"metric.{k}": v for k, v in r.get("metrics", {}).items() if isinstance(v, int | float)})
         row.update({f"eff.{k}": v for k, v in r.get("efficiency", {}).items() if isinstance(v, int | float)})
         rows.append(row)
@@ -73,8 +115,8 @@ def summarize(records: list[dict[str, Any]], reference: str | None = None) -> pd
     out = grouped.mean(numeric_only=True).drop(columns="seed")
     std = grouped.std(numeric_only=True, ddof=0).drop(columns="seed")
     out = out.join(std.add_suffix(".std")).join(grouped.size().rename("seeds"))
-    if "tuned" in df:
-        out = out.join(grouped["tuned"].agg(lambda v: " ".join(sorted(set(v.dropna())))))
+    if "candidate" in df:
+        out = out.join(grouped["candidate"].agg(lambda v: " | ".join(dict.fromkeys(v.dropna()))))
     methods = set(df["method"])
     ref = reference or next((m for m in ("lavish", "full") if m in methods), None)
     if ref in methods:
@@ -107,8 +149,8 @@ def paper_table(summary: pd.DataFrame, all_metrics: bool = False) -> pd.DataFram
         for col, label in (("mem_vs_ref", "mem / ref"), ("time_vs_ref", "time / ref")):
             if col in r and pd.notna(r[col]):
                 row[label] = round(r[col], 3)
-        if r.get("tuned"):
-            row["chosen on val"] = r["tuned"]
+        if isinstance(r.get("candidate"), str):
+            row["chosen on val"] = r["candidate"]
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -160,7 +202,35 @@ def write_tables(records: list[dict[str, Any]], out_dir: Path, name: str = "resu
         part = summary.loc[idx]
         _write_formats(paper_table(part, all_metrics=True), part, tables / f"{name}_{task}", note)
     atomic_write_text(tables / f"{name}.csv", summary.to_csv(index=False))
+    write_selection(records, tables / "selection")
     return table
+
+
+def write_selection(records: list[dict[str, Any]], stem: Path) -> None:
+    """STEM.md and .csv: every candidate of every method, its val and test metric per task
+    (means over seeds), its val rank per task, its mean rank and which one was chosen."""
+    selection = candidate_selection(records)
+    if selection.empty:
+        return
+    tasks = [c.removesuffix(".val") for c in selection.columns if c.endswith(".val")]
+    rows = []
+    for _, r in selection.iterrows():
+        row = {"method": r["method"], "candidate": r["candidate"]}
+        for t in tasks:
+            val, test = r[f"{t}.val"], r[f"{t}.test"]
+            rank = "" if pd.isna(r[f"{t}.rank"]) else f" (#{r[f'{t}.rank']:g})"
+            row[f"{t} val / test"] = "failed" if pd.isna(val) else f"{val:.2f} / {test:.2f}{rank}"
+        row["mean val rank"] = "" if pd.isna(r["mean_rank"]) else f"{r['mean_rank']:.2f}"
+        row["chosen"] = "**yes**" if r["chosen"] else ""
+        rows.append(row)
+    metrics = ", ".join(f"{t}: {get_task(t).selection_metric}" for t in tasks)
+    note = (
+        f"\n\nSelection metric per task ({metrics}), mean over seeds; (#k) is the candidate's rank on val "
+        "among its method's candidates. Chosen: the lowest mean val rank over the tasks; test numbers are "
+        "reported, never used.\n"
+    )
+    atomic_write_text(stem.with_suffix(".md"), markdown(pd.DataFrame(rows)) + note)
+    atomic_write_text(stem.with_suffix(".csv"), selection.to_csv(index=False))
 
 
 def _write_formats(table: pd.DataFrame, summary: pd.DataFrame, stem: Path, note: str) -> None:

@@ -18,7 +18,6 @@ from bench.config import (
     BASE_SECTIONS,
     ConfigError,
     MeasureConfig,
-    Override,
     ResolvedRun,
     TowersConfig,
     TrainConfig,
@@ -26,6 +25,7 @@ from bench.config import (
     parse_overrides,
 )
 from bench.device import is_main_process, resolve_device
+from bench.plan import Candidate, candidate_label
 from bench.presets import Preset, get_preset
 from bench.registry import METHODS, get_method, get_task, task_names
 from bench.results import ResultsStore, environment, git_state, new_record, run_key
@@ -46,8 +46,20 @@ class RunPlan:
     overrides: list[str] = field(default_factory=list)
     force: bool = False
     tags: dict[str, str] = field(default_factory=dict)
-    tune: str | None = None  # "section.key=v1,v2,...": every method gets the same candidates, chosen on val
+    # per method, the candidate configurations (override lists) run on every task and seed;
+    # the tables keep the one with the best mean val rank over the tasks (bench.report)
+    candidates: dict[str, list[Candidate]] = field(default_factory=dict)
+    tune: str | None = None  # "section.key=v1,v2,...": the same candidates for every method
     command: str | None = None  # the command line that asked for these runs; every record keeps it
+
+    def candidates_of(self, method: str) -> list[Candidate]:
+        if self.tune:
+            key, _, values = self.tune.partition("=")
+            items = [v.strip() for v in values.split(",") if v.strip()]
+            if not key or not items:
+                raise ConfigError(f"--tune {self.tune!r}: expected section.key=v1,v2,...")
+            return [(f"{key}={v}",) for v in items]
+        return self.candidates.get(method, [()])
 
 
 def all_sections() -> dict[str, type]:
@@ -67,20 +79,15 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
         get_task(t)
     sections = all_sections()
     base = parse_overrides(plan.overrides, sections)
-    candidates: list[tuple[list[Override], dict[str, str]]] = [([], {})]
-    if plan.tune:
-        key, _, values = plan.tune.partition("=")
-        items = [v.strip() for v in values.split(",") if v.strip()]
-        if not items:
-            raise ConfigError(f"--tune {plan.tune!r}: expected section.key=v1,v2,...")
-        candidates = [(parse_overrides([f"{key}={v}"], sections), {"tuned": key, "value": v}) for v in items]
+    tagged = bool(plan.tune or plan.candidates)
     runs = []
     for task_name in plan.tasks:
         task = get_task(task_name)
         for method in plan.methods:
             for seed in plan.seeds:
-                for extra, tags in candidates:
-                    overrides = base + extra
+                for candidate in plan.candidates_of(method):
+                    overrides = base + parse_overrides(list(candidate), sections)
+                    tags = {"candidate": candidate_label(candidate)} if tagged else {}
                     runs.append(
                         ResolvedRun(
                             method=method,

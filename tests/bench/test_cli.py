@@ -201,7 +201,7 @@ def test_tune_runs_every_candidate_and_the_table_keeps_one_row(tmp_path):
     assert main(args) == 0
     records = _records(tmp_path)
     assert sorted(r["config"]["train"]["lr"] for r in records) == [1e-3, 1e-2]
-    assert {r["tags"]["tuned"] for r in records} == {"train.lr"}
+    assert {r["tags"]["candidate"] for r in records} == {"train.lr=1e-3", "train.lr=1e-2"}
     csv = (tmp_path / "tables" / "results.csv").read_text().splitlines()
     assert len(csv) == 2  # header + one row: the val-selected candidate
 
@@ -251,3 +251,26 @@ def test_the_summary_fits_80_columns_and_the_default_out_is_ignored_by_git(tmp_p
     table = out[: out.index("records:")] if "records:" in out else out
     assert "avvp: seg_type_av" in table and "mettle" in table
     assert "…" not in table and max(len(line) for line in table.splitlines()) <= 80
+
+
+def test_a_plan_file_runs_each_methods_candidates_and_the_tables_keep_the_chosen_one(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        'preset = "smoke"\ntasks = ["ave", "avvp"]\nseeds = [0]\nset = ["measure.enabled=false"]\n'
+        '[candidates]\nfrozen = [[]]\nlora = [["lora.r=2"], ["lora.r=4", "train.lr=1e-2"]]\n'
+    )
+    assert main(["run", "--plan", str(plan), "--out", str(tmp_path / "out")]) == 0
+    records = _records(tmp_path / "out")
+    assert sorted((r["task"], r["method"], r["tags"]["candidate"]) for r in records) == [
+        (task, method, candidate)
+        for task in ("ave", "avvp")
+        for method, candidate in (("frozen", "defaults"), ("lora", "lora.r=2"), ("lora", "lora.r=4 train.lr=1e-2"))
+    ]
+    assert {r["tags"]["plan"] for r in records} == {str(plan)}
+    assert {r["config"]["method"]["r"] for r in records if r["method"] == "lora"} == {2, 4}
+    selection = (tmp_path / "out" / "tables" / "selection.md").read_text()
+    assert selection.count("| lora |") == 2 and selection.count("**yes**") == 2  # frozen's one, lora's one
+    assert "chosen on val" in (tmp_path / "out" / "tables" / "results.md").read_text()
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[candidates]\nlora = ["lora.r=2"]\n')
+    assert main(["run", "--plan", str(bad), "--out", str(tmp_path / "out")]) == 2

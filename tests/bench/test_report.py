@@ -1,6 +1,6 @@
 import pytest
 
-from bench.report import markdown, paper_table, pareto_front, summarize, write_tables
+from bench.report import candidate_selection, markdown, paper_table, pareto_front, summarize, write_tables
 
 
 def _record(method: str, seed: int, acc: float, mem: float, step: float) -> dict:
@@ -73,21 +73,40 @@ def test_markdown_renders_header_rule_and_rows():
     assert len(lines) == 4
 
 
-def test_tuned_runs_keep_the_best_val_candidate_per_seed():
-    def tuned(lr: str, seed: int, val: float, test: float) -> dict:
-        r = _record("mettle", seed, test, 100.0, 0.1)
-        r["metrics"]["val_accuracy"] = val
-        r["tags"] = {"tuned": "train.lr", "value": lr}
+def test_candidates_are_chosen_by_mean_val_rank_over_tasks_never_by_test(tmp_path):
+    """Per method, the candidate with the lowest mean rank of its val metric (mean over seeds)
+    over the tasks: here C, by hand. A has the best test numbers and is not chosen; D is best
+    on AVE's val but failed on AVVP, so it cannot be chosen."""
+
+    def run(candidate: str, task: str, seed: int, val: float, test: float) -> dict:
+        metric = "accuracy" if task == "ave" else "seg_type_av"
+        r = _record("mettle", seed, test, 100.0, 0.1) | {"task": task, "tags": {"candidate": candidate}}
+        r["metrics"] = {metric: test, f"val_{metric}": val}
         return r
 
+    vals = {  # candidate -> {task: (val seed 0, val seed 1)}
+        "A": {"ave": (50, 60), "avvp": (40, 40)},  # means 55, 40
+        "B": {"ave": (70, 70), "avvp": (30, 30)},  # 70, 30
+        "C": {"ave": (60, 70), "avvp": (40, 40)},  # 65, 40
+    }
     records = [
-        tuned("1e-3", 0, 50.0, 90.0),
-        tuned("1e-2", 0, 60.0, 10.0),
-        tuned("1e-3", 1, 70.0, 30.0),
-        tuned("1e-2", 1, 65.0, 99.0),
+        run(c, task, seed, val, 99.0 if c == "A" else 10.0 * (seed + 1))
+        for c, by_task in vals.items()
+        for task, pair in by_task.items()
+        for seed, val in enumerate(pair)
     ]
-    s = summarize(records).set_index("method")
-    # chosen on val: seed 0 -> 1e-2 (test 10), seed 1 -> 1e-3 (test 30); test never decides
-    assert s.loc["mettle", "metric.accuracy"] == pytest.approx(20.0)
-    assert s.loc["mettle", "seeds"] == 2
-    assert s.loc["mettle", "tuned"] == "train.lr=1e-2 train.lr=1e-3"
+    records += [run("D", "ave", seed, 99.0, 5.0) for seed in (0, 1)]
+    records.append(run("D", "avvp", 0, 0.0, 0.0) | {"status": "error"})
+    selection = candidate_selection(records).set_index("candidate")
+    # AVE ranks: B 1, C 2, A 3 (D, incomplete, is not ranked); AVVP ties A and C at 1.5, B 3
+    assert selection.loc["C", "avvp.rank"] == selection.loc["A", "avvp.rank"] == 1.5
+    assert list(selection["chosen"]) == [False, False, True, False]
+    assert not selection.loc["D", "complete"]
+    s = summarize(records).set_index(["task", "method"])
+    assert s.loc[("ave", "mettle"), "metric.accuracy"] == pytest.approx(15.0)  # C's test, seeds 0 and 1
+    assert s.loc[("ave", "mettle"), "candidate"] == "C" and s.loc[("ave", "mettle"), "seeds"] == 2
+    write_tables(records, tmp_path)
+    md = (tmp_path / "tables" / "selection.md").read_text()
+    assert "| mettle | C | 65.00 / 15.00 (#2) | 40.00 / 15.00 (#1.5) | 1.75 | **yes** |" in md
+    assert "| mettle | D | 99.00 / 5.00 | failed |  |  |" in md
+    assert "chosen on val" in (tmp_path / "tables" / "results.md").read_text()
