@@ -2,40 +2,41 @@
 is reproduced, the shared tower sees exactly the specialists' data, the pre-training
 command and first-use rebuild write what they say, and runs pick the intended files."""
 
-import dataclasses
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import bench.pretrain as pretrain_mod
+import bench.weights as weights_mod
 from bench.cli import main
 from bench.config import TowersConfig
 from bench.presets import get_preset
-from bench.pretrain import ROLES, PretrainConfig, default_checkpoints, evaluate, load_heads, recipe, weight_files
+from bench.pretrain import ROLES, PretrainConfig, evaluate, load_heads, recipe, weight_files
 from bench.towers import build_backbone
-from bench.train import checkpoints_for
+from bench.weights import WEIGHTS_DIR, resolve, shipped_files
 
 TINY = get_preset("tiny")
-FILES = weight_files("tiny", next(iter(TINY.default_weights.values())).parent)
+FILES = weight_files("tiny", WEIGHTS_DIR)
 FEW_STEPS = PretrainConfig(steps=2, batch_size=8, warmup=1, heldout=16)
 ALL_ROLES = ("audio", "visual", "shared")
 
 
 def test_tiny_towers_load_the_shipped_weights_strictly():
-    assert default_checkpoints(TINY) == {role: FILES[role] for role in ALL_ROLES}
-    assert TINY.shared == TINY.visual  # LAVisH's tower has the visual architecture, 3 channels
+    assert shipped_files(TINY, rebuild=False) == ({role: FILES[role] for role in ALL_ROLES}, "shipped")
+    assert TINY.shared.arch == TINY.visual.arch  # LAVisH's tower has the visual architecture, hearing through an fbank
     for role in ALL_ROLES:
         spec = getattr(TINY, role)
         saved = load_file(str(FILES[role]))
-        loaded = build_backbone(spec, FILES[role]).model.state_dict()
+        loaded = build_backbone(spec, TINY.shape, FILES[role]).model.state_dict()
         assert set(loaded) == set(saved)  # no missing, unexpected or classifier keys
         assert all(torch.equal(loaded[k], saved[k]) for k in saved)
-        random = build_backbone(spec).model.state_dict()
-        assert not torch.equal(random["blocks.0.attn.qkv.weight"], saved["blocks.0.attn.qkv.weight"])
+        random = build_backbone(spec, TINY.shape).model.state_dict()
+        key = "layers.0.blocks.0.attn.qkv.weight"
+        assert not torch.equal(random[key], saved[key])
+        assert FILES[role].stat().st_size < 2 * 2**20  # shipped under 2 MB each
 
 
 def test_card_accuracy_is_reproduced_on_regenerated_heldout_data():
@@ -46,10 +47,7 @@ def test_card_accuracy_is_reproduced_on_regenerated_heldout_data():
     heads = load_heads(FILES["heads"])
     assert set(heads) == {("audio", "audio"), ("visual", "visual"), ("shared", "audio"), ("shared", "visual")}
     for role in ALL_ROLES:
-        backbone = build_backbone(getattr(TINY, role), FILES[role])
-        x = torch.randn(4, backbone.in_chans, *backbone.img_size)
-        last, _ = backbone.forward_units(backbone.prepare(x))
-        torch.testing.assert_close(backbone.pool(last), backbone.model(x))  # methods see what the head saw
+        backbone = build_backbone(getattr(TINY, role), TINY.shape, FILES[role])
         for corpus in ROLES[role]:
             size = card["heldout"]["size"]
             scores = evaluate(backbone, heads[role, corpus], corpus, TINY.shape, card["seed"], size)
@@ -85,26 +83,25 @@ def test_pretrain_command_writes_loadable_weights_and_card(tmp_path, monkeypatch
     assert set(card["results"]) == set(ALL_ROLES) and set(card["data"]) == {"audio", "visual"}
     for role in ALL_ROLES:
         assert 0.0 <= card["results"][role]["accuracy"] <= 100.0
-        build_backbone(getattr(TINY, role), files[role])
+        build_backbone(getattr(TINY, role), TINY.shape, files[role])
     assert len(load_heads(files["heads"])) == 4
 
 
 def test_missing_weights_are_rebuilt_into_the_cache_once(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain_mod, "PretrainConfig", lambda: FEW_STEPS)
+    monkeypatch.setattr(weights_mod, "WEIGHTS_DIR", tmp_path / "shipped")
     monkeypatch.setenv("METTLE_BENCH_CACHE", str(tmp_path / "cache"))
-    gone = {role: tmp_path / "shipped" / f"tiny_{role}.safetensors" for role in ALL_ROLES}
-    preset = dataclasses.replace(TINY, default_weights=gone)
     messages: list[str] = []
-    paths = default_checkpoints(preset, messages.append)
-    assert any("first use" in m for m in messages)
+    paths, origin = shipped_files(TINY, log=messages.append)
+    assert origin == "cache" and any("first use" in m for m in messages)
     assert all(p.is_file() and p.is_relative_to(tmp_path / "cache") for p in paths.values())
     messages.clear()
-    assert default_checkpoints(preset, messages.append) == paths and not messages
-    build_backbone(TINY.audio, paths["audio"])
+    assert shipped_files(TINY, log=messages.append) == (paths, "cache") and not messages
+    build_backbone(TINY.audio, TINY.shape, paths["audio"])
 
 
 def _chosen(preset_name: str, **towers: str) -> dict[str, Path | None]:
-    return checkpoints_for(get_preset(preset_name), SimpleNamespace(towers=TowersConfig(**towers)))
+    return {role: s.file for role, s in resolve(get_preset(preset_name), TowersConfig(**towers)).items()}
 
 
 def test_runs_pick_the_shipped_shared_tower_unless_told_otherwise(tmp_path):
