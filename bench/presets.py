@@ -67,13 +67,15 @@ def lavish_fbank(rate: int, mel_bins: int, shift_ms: float, frames: int, mean: f
     return FrontendSpec("fbank", params)
 
 
-# The tiny families: a 4-stage Swin-V2 of widths 16-128 on 32 px frames (2 px patches, a 16 x 16
-# grid, windows of 4, a long third stage as Swin-V2-L's), and an HTS-AT of the same widths
-# reading a 32-bin log-mel of 8 kHz audio folded into 64 x 64 (4 px patches, the same grid).
-# SpecAugment widths are HTS-AT's scaled to a one-second, 32-bin log-mel.
-TINY_SWIN = dict(img_size=32, patch_size=2, in_chans=3, embed_dim=16, depths=(1, 1, 3, 1), num_heads=(1, 2, 4, 8),
+# The tiny families: a 4-stage Swin-V2 of widths 16-128 on 32 px frames (4 px patches: grids of
+# 8, 4, 2 and 1, windows of 4 clamped to the grid as in Swin-V2-L's last stage, a long third
+# stage as Swin-V2-L's), and an HTS-AT of the same widths reading a 32-bin log-mel of 8 kHz
+# audio folded into 64 x 64 (8 px patches, the same grids). SpecAugment widths are HTS-AT's
+# scaled to a one-second, 32-bin log-mel. timm >= 1.0.31 runs a 1 x 1 Swin-V2 stage (1.0.29
+# gave NaN there).
+TINY_SWIN = dict(img_size=32, patch_size=4, in_chans=3, embed_dim=16, depths=(1, 1, 3, 1), num_heads=(1, 2, 4, 8),
                  window_size=4)  # fmt: skip
-TINY_HTSAT = dict(mel_bins=32, spec_size=64, patch_size=4, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
+TINY_HTSAT = dict(mel_bins=32, spec_size=64, patch_size=8, embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8),
                   window_size=4, time_drop_width=6, freq_drop_width=4)  # fmt: skip
 TINY_LOGMEL = htsat_logmel(8000, 256, 80, 32, 4000.0)
 # 32 frames of 32 bins per second. Normalised by the fbank statistics of the synthetic sound

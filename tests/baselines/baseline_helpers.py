@@ -26,8 +26,9 @@ def logit_only_params(enc: nn.Module) -> set[str]:
     logits cannot learn."""
     names = set()
     for name, mod in enc.named_modules():
-        if type(mod).__name__ == "SwinTransformerV2Block" and mod.window_area == 1:
+        attn = getattr(mod, "attn", None)
+        if attn is not None and 1 in (getattr(mod, "window_area", None), getattr(attn, "window_area", None)):
             for pn, _ in mod.attn.named_parameters():
-                if pn.startswith(("logit_scale", "q_bias", "cpb_mlp")):
+                if pn.startswith(("logit_scale", "q_bias", "cpb_mlp", "relative_position_bias_table")):
                     names.add(f"{name}.attn.{pn}")
     return names

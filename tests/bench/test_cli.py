@@ -100,7 +100,7 @@ def test_records_name_the_weights_each_tower_was_built_from_and_reruns_follow_th
     run = ["run", "--tasks", "ave", "--preset", "smoke", "--set", "measure.enabled=false", "--out", str(tmp_path)]
     assert main([*run, "--methods", "frozen,lavish", "--set", f"towers.visual={visual}"]) == 0
     weights = {r["method"]: r["weights"] for r in _records(tmp_path)}
-    tower = {"arch": "swinv2", "params": 428807}
+    tower = {"arch": "swinv2", "params": 429383}
     assert weights["frozen"] == {
         "audio": {
             "name": "random",
@@ -108,7 +108,7 @@ def test_records_name_the_weights_each_tower_was_built_from_and_reruns_follow_th
             "file": None,
             "sha256": None,
             "arch": "htsat",
-            "params": 309183,
+            "params": 309727,
         },
         "visual": {"name": str(visual), "origin": "explicit", "file": str(visual), "sha256": digest, **tower},
     }

@@ -26,9 +26,9 @@ def test_adapted_pyramid_has_the_decoder_shapes() -> None:
     audio, visual = av_batch(b=2, t=3)
     maps = enc(audio, visual).maps
     assert maps is not None
-    # Swin-V2 with 2x2 patches on 32x32 frames: stage grids 16, 8, 4, 2 at widths 16, 32, 64, 128.
+    # Swin-V2 with 4x4 patches on 32x32 frames: stage grids 8, 4, 2, 1 at widths 16, 32, 64, 128.
     assert enc.map_channels == enc.visual_bb.pyramid_channels() == (16, 32, 64, 128)
-    assert [tuple(m.shape) for m in maps] == [(6, 16, 16, 16), (6, 32, 8, 8), (6, 64, 4, 4), (6, 128, 2, 2)]
+    assert [tuple(m.shape) for m in maps] == [(6, 16, 8, 8), (6, 32, 4, 4), (6, 64, 2, 2), (6, 128, 1, 1)]
     assert all(m.dtype == torch.float32 and m.requires_grad for m in maps)
 
 
