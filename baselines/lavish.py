@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mettle_core.backbone import Backbone, Unit
-from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, Towers, register_method, validate_config
+from mettle_core.interface import AdaptedEncoder, AVFeatures, MethodEntry, TaskSpec, Towers, validate_config
 
 _VIT_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 
@@ -197,8 +197,14 @@ class LavishEncoder(AdaptedEncoder):
         return AVFeatures(a=a, v=v, maps=maps)
 
 
-@register_method(
-    "lavish", LavishConfig, "LAVisH: latent audio-visual adapters in one shared frozen tower.", towers=("shared",)
-)
 def build(towers: Towers, spec: TaskSpec, cfg: LavishConfig) -> LavishEncoder:
     return LavishEncoder(towers.shared, spec, cfg)
+
+
+METHOD = MethodEntry(
+    "lavish",
+    LavishConfig,
+    build,
+    "LAVisH: latent audio-visual adapters in one shared frozen tower.",
+    towers=("shared",),
+)
