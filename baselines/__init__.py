@@ -1,2 +1,2 @@
-"""Baseline adaptation methods, one module each (frozen, full, lora, lavish); each holds its
+"""Baseline adaptation methods, one module each (frozen, full, lora, lavish, dgsct); each holds its
 `MethodEntry` as `METHOD`, and `bench.registry` names where."""
