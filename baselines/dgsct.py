@@ -34,7 +34,10 @@ train.sh flags: reduction 8, 32 latent tokens, groups 2, BatchNorm, gates, both 
   final tokens, the visual ones after the tower's final norm, the audio ones without it (as
   officially); `pool = "mean"` takes the towers' own pooling instead. On classification tasks
   the AVE code's temporal attention (LSTMs, self- and cross-attention over the segments, gates
-  from each modality on the other) turns the per-segment features into 256-wide ones.
+  from each modality on the other) turns the per-segment features into 256-wide ones. The
+  official AVVP code uses a lighter gating variant on its head's 128-wide projections, and the
+  AVS code one that gates its head's 256-channel maps; here AVVP gets the AVE one, and
+  segmentation none (the maps go to the harness's decoder as they leave the tower).
 
 Left out, because they never reach the official loss although its training optimises them
 (main_trans.py's requires_grad loop trains every `adapter_blocks`, `temporal_attn` and `CMBS`
