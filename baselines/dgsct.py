@@ -52,7 +52,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +64,7 @@ from mettle_core.interface import AdaptedEncoder, AVFeatures, MethodEntry, TaskS
 CHANNEL_WEIGHT, SPATIAL_WEIGHT = 0.3, 0.05  # the official rescaling x * (0.3 c + 0.05 s + 1 - 0.3)
 TEMPORAL_WIDTH = 256  # the AVE temporal attention's model width, and so the features' width after it
 TEMPORAL_GAMMA = 0.1  # the AVE temporal attention's gate strength
+T = TypeVar("T")
 
 
 @dataclass
@@ -117,7 +118,7 @@ def pair_units(visual: Backbone, audio: Backbone) -> list[tuple[Unit, Unit]]:
     pairs: list[tuple[Unit, Unit]] = []
     for vs, as_ in zip(v_stages, a_stages, strict=True):
         n = min(len(vs), len(as_))
-        pairs += zip(_spread(vs, n), _spread(as_, n), strict=True)
+        pairs += zip(last_of_runs(vs, n), last_of_runs(as_, n), strict=True)
     return pairs
 
 
@@ -128,9 +129,9 @@ def _stages(bb: Backbone) -> list[list[Unit]]:
     return [stages[s] for s in sorted(stages)]
 
 
-def _spread(units: list[Unit], n: int) -> list[Unit]:
-    """The last unit of each of n equal runs: unit floor((j + 1) * len / n) - 1 for j < n."""
-    return [units[(j + 1) * len(units) // n - 1] for j in range(n)]
+def last_of_runs(items: Sequence[T], n: int) -> list[T]:
+    """The last item of each of n equal runs: item floor((j + 1) * len / n) - 1 for j < n."""
+    return [items[(j + 1) * len(items) // n - 1] for j in range(n)]
 
 
 def pair_shapes(visual: Backbone, audio: Backbone) -> list[PairShape]:

@@ -10,8 +10,8 @@ from baseline_helpers import CLS, SEG, av_batch, preset_towers, probe_loss
 from baselines.dgsct import (
     DgsctConfig,
     DgsctEncoder,
-    _spread,
     dgsct_param_count,
+    last_of_runs,
     pair_shapes,
     pair_units,
     temporal_param_count,
@@ -75,10 +75,10 @@ def test_vit_family_count_on_the_base_preset() -> None:
 
 
 def test_pairing_takes_the_last_block_of_each_run_of_the_deeper_tower() -> None:
-    assert _spread(list(range(18)), 6) == [2, 5, 8, 11, 14, 17]
-    assert _spread(list(range(3)), 1) == [2]
-    assert _spread(list(range(5)), 2) == [1, 4]
-    assert _spread(list(range(4)), 4) == [0, 1, 2, 3]
+    assert last_of_runs(list(range(18)), 6) == [2, 5, 8, 11, 14, 17]
+    assert last_of_runs(list(range(3)), 1) == [2]
+    assert last_of_runs(list(range(5)), 2) == [1, 4]
+    assert last_of_runs(list(range(4)), 4) == [0, 1, 2, 3]
     towers = preset_towers("smoke")  # visual 1-1-3-1, audio 1-1-1-1
     assert [(v.index, a.index) for v, a in pair_units(towers.visual, towers.audio)] == [(0, 0), (1, 1), (4, 2), (5, 3)]
 
