@@ -1,5 +1,2 @@
-"""Baseline adaptation methods; importing this package registers frozen, full, lora and lavish."""
-
-from baselines import frozen, full, lavish, lora
-
-__all__ = ["frozen", "full", "lavish", "lora"]
+"""Baseline adaptation methods, one module each (frozen, full, lora, lavish, dgsct); each holds its
+`MethodEntry` as `METHOD`, and `bench.registry` names where."""

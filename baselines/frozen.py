@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from baselines.pooled import PooledTowersEncoder
-from mettle_core.interface import TaskSpec, Towers, register_method, validate_config
+from mettle_core.interface import MethodEntry, TaskSpec, Towers, validate_config
 
 
 @dataclass
@@ -16,6 +16,14 @@ class FrozenConfig:
         validate_config(self)
 
 
-@register_method("frozen", FrozenConfig, "Frozen separate towers, pooled features; only the head trains.")
 def build(towers: Towers, spec: TaskSpec, cfg: FrozenConfig) -> PooledTowersEncoder:
     return PooledTowersEncoder(towers.audio, towers.visual, spec, trainable=False)
+
+
+METHOD = MethodEntry(
+    "frozen",
+    FrozenConfig,
+    build,
+    "Frozen separate towers, pooled features; only the head trains.",
+    towers=("audio", "visual"),
+)

@@ -7,7 +7,7 @@ from typing import Any
 
 from baselines.pooled import PooledTowersEncoder
 from mettle_core.backbone import Backbone
-from mettle_core.interface import TaskSpec, Towers, register_method, validate_config
+from mettle_core.interface import MethodEntry, TaskSpec, Towers, validate_config
 
 
 @dataclass
@@ -35,6 +35,14 @@ class FullEncoder(PooledTowersEncoder):
         return [{"params": list(self.backbone_parameters()), "lr": lr * self.backbone_lr_scale, "name": "backbone"}]
 
 
-@register_method("full", FullConfig, "Full fine-tuning of both separate towers (backbone lr scaled).")
 def build(towers: Towers, spec: TaskSpec, cfg: FullConfig) -> FullEncoder:
     return FullEncoder(towers.audio, towers.visual, spec, cfg.backbone_lr_scale)
+
+
+METHOD = MethodEntry(
+    "full",
+    FullConfig,
+    build,
+    "Full fine-tuning of both separate towers (backbone lr scaled).",
+    towers=("audio", "visual"),
+)

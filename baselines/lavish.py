@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from mettle_core.backbone import Backbone, Unit
-from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, Towers, register_method, validate_config
+from mettle_core.interface import AdaptedEncoder, AVFeatures, MethodEntry, TaskSpec, Towers, validate_config
 
 _VIT_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 
@@ -161,31 +161,22 @@ class LavishEncoder(AdaptedEncoder):
         whose lr the harness sets)."""
         return [{"params": list(self.adapters.parameters()), "lr": lr, "name": "adapter"}]
 
-    def _attn(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.shared.family == "vit":  # pre-norm
-            return blk.drop_path1(blk.ls1(blk.attn(blk.norm1(x))))
-        return blk.drop_path1(blk.norm1(blk._attn(x)))  # Swin-V2 post-norm, NHWC
-
-    def _mlp(self, blk: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        if self.shared.family == "vit":
-            return blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
-        return blk.drop_path2(blk.norm2(blk.mlp(x)))  # on [N, H*W, C], as timm does
-
     def _block(
         self, unit: Unit, ad: nn.ModuleDict, xa: torch.Tensor, xv: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One block on both streams; each adapter reads the other stream at the same point."""
         if unit.downsample is not None:
             xa, xv = unit.downsample(xa), unit.downsample(xv)
-        blk, tok = unit.block, self.shared.tokens
+        bb = self.shared
+        blk, tok = unit.block, bb.tokens
         sa, sv = xa.shape, xv.shape
         ra, rv = ad["a_attn"](tok(xa), tok(xv)), ad["v_attn"](tok(xv), tok(xa))
-        xa = xa + self._attn(blk, xa) + ra.reshape(sa)
-        xv = xv + self._attn(blk, xv) + rv.reshape(sv)
+        xa = xa + bb.attn_branch(blk, xa) + ra.reshape(sa)
+        xv = xv + bb.attn_branch(blk, xv) + rv.reshape(sv)
         ta, tv = tok(xa), tok(xv)
         ra, rv = ad["a_mlp"](ta, tv), ad["v_mlp"](tv, ta)
-        ta = ta + self._mlp(blk, ta) + ra
-        tv = tv + self._mlp(blk, tv) + rv
+        ta = ta + bb.mlp_branch(blk, ta) + ra
+        tv = tv + bb.mlp_branch(blk, tv) + rv
         return ta.reshape(sa), tv.reshape(sv)
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> AVFeatures:
@@ -206,8 +197,14 @@ class LavishEncoder(AdaptedEncoder):
         return AVFeatures(a=a, v=v, maps=maps)
 
 
-@register_method(
-    "lavish", LavishConfig, "LAVisH: latent audio-visual adapters in one shared frozen tower.", towers=("shared",)
-)
 def build(towers: Towers, spec: TaskSpec, cfg: LavishConfig) -> LavishEncoder:
     return LavishEncoder(towers.shared, spec, cfg)
+
+
+METHOD = MethodEntry(
+    "lavish",
+    LavishConfig,
+    build,
+    "LAVisH: latent audio-visual adapters in one shared frozen tower.",
+    towers=("shared",),
+)

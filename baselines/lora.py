@@ -15,7 +15,7 @@ from torch import nn
 
 from baselines.pooled import PooledTowersEncoder
 from mettle_core.backbone import Backbone
-from mettle_core.interface import TaskSpec, Towers, register_method, validate_config
+from mettle_core.interface import MethodEntry, TaskSpec, Towers, validate_config
 
 Targets = Literal["qkv", "qkv_proj", "all_linear"]
 
@@ -80,8 +80,16 @@ class LoraEncoder(PooledTowersEncoder):
         return (p for p in super().backbone_parameters() if "lora_" not in names[id(p)])
 
 
-@register_method("lora", LoraMethodConfig, "LoRA (peft) on the attention projections of both separate towers.")
 def build(towers: Towers, spec: TaskSpec, cfg: LoraMethodConfig) -> LoraEncoder:
     for bb in {id(b): b for b in (towers.audio, towers.visual)}.values():
         inject_lora(bb, cfg)
     return LoraEncoder(towers.audio, towers.visual, spec, trainable=True)
+
+
+METHOD = MethodEntry(
+    "lora",
+    LoraMethodConfig,
+    build,
+    "LoRA (peft) on the attention projections of both separate towers.",
+    towers=("audio", "visual"),
+)

@@ -414,6 +414,7 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
         frame,
         parse_size,
         parse_sweep,
+        reference_table,
         run_profile,
         with_ratios,
         write_report,
@@ -461,7 +462,11 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
 
     records = run_profile(spec, args.out, args.command_line, args.argv, on_record=progress)
     paths = write_report(records, spec, args.out, args.command_line)
-    print_table(display_table(with_ratios(frame(records), spec.reference)), console)
+    df = with_ratios(frame(records), spec.reference)
+    print_table(display_table(df), console)
+    against = reference_table(df, spec.reference)
+    if not against.empty:
+        print_table(against, console)
     console.print(f"records: {args.out / 'profile.jsonl'}; report: {', '.join(map(str, paths))}")
     return 1 if any(r["status"] != "ok" for r in records) else 0
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -127,7 +128,7 @@ class Override:
         return f"{self.section}.{self.key}"
 
 
-def parse_overrides(items: list[str], sections: dict[str, type]) -> list[Override]:
+def parse_overrides(items: list[str], sections: Mapping[str, type]) -> list[Override]:
     """Check `section.key=value` items against the known sections and fields
     (values are checked too, by parsing them) before anything runs."""
     out = []

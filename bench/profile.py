@@ -393,14 +393,19 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def with_ratios(df: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Memory (CUDA peak when measured, else the estimate) and step time over the
-    reference method's at the same point; activations over Mettle's floor."""
+    """Trainable parameters, memory (the estimate, and the CUDA peak when measured) and step
+    time over the reference method's at the same point; activations over Mettle's floor."""
     if df.empty:
         return df
     df = df.copy()
     ref = df[df["method"] == reference].set_index(["batch", "T"])
     keys = pd.MultiIndex.from_frame(df[["batch", "T"]])
-    for col, name in (("train_mem_bytes_est", "mem / ref"), ("cuda_peak_allocated_bytes", "CUDA peak / ref")):
+    pairs = (
+        ("trainable_params", "params / ref"),
+        ("train_mem_bytes_est", "mem / ref"),
+        ("cuda_peak_allocated_bytes", "CUDA peak / ref"),
+    )
+    for col, name in pairs:
         if col in df and col in ref:
             df[name] = df[col].to_numpy() / ref[col].reindex(keys).to_numpy()
     df["time / ref"] = df["train_step_s"].to_numpy() / (
@@ -416,9 +421,33 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
     for col, (label, scale, digits) in TABLE_COLUMNS.items():
         if col in df and df[col].notna().any():
             out[label] = (df[col] * scale).round(digits)
-    for col in ("act / floor", "mem / ref", "CUDA peak / ref", "time / ref"):
+    for col in ("act / floor", "params / ref", "mem / ref", "CUDA peak / ref", "time / ref"):
         if col in df and df[col].notna().any():
             out[col] = df[col].round(3)
+    return out.map(lambda v: "" if pd.isna(v) else str(v))
+
+
+def reference_table(df: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """The Mettle paper's Fig. 1c as a table: per method and point, trainable parameters,
+    training memory (the CUDA peak where measured, else the estimate) and step time, each
+    beside its ratio to the reference method's (`df` from with_ratios)."""
+    if df.empty or reference not in set(df["method"]):
+        return pd.DataFrame()
+    cuda = "cuda_peak_allocated_bytes" in df and df["cuda_peak_allocated_bytes"].notna().any()
+    mem, mem_ratio = ("cuda_peak_allocated_bytes", "CUDA peak / ref") if cuda else ("train_mem_bytes_est", "mem / ref")
+
+    def column(name: str, scale: float, digits: int) -> pd.Series:
+        return (df[name] * scale).round(digits) if name in df else pd.Series(float("nan"), index=df.index)
+
+    columns = {
+        "trainable params (M)": column("trainable_params", 1e-6, 3),
+        f"params / {reference}": column("params / ref", 1.0, 3),
+        ("CUDA peak alloc. (MiB)" if cuda else "train mem est. (MiB)"): column(mem, 1 / MIB, 1),
+        f"memory / {reference}": column(mem_ratio, 1.0, 3),
+        "step (ms)": column("train_step_s", 1e3, 1),
+        f"time / {reference}": column("time / ref", 1.0, 3),
+    }
+    out = pd.concat([df[["method", "batch", "T"]], pd.DataFrame(columns, index=df.index)], axis=1)
     return out.map(lambda v: "" if pd.isna(v) else str(v))
 
 
@@ -457,6 +486,17 @@ def write_report(records: list[dict[str, Any]], spec: ProfileSpec, out_dir: Path
         lines.append(f"Towers (parameters of each tower proper; front-ends hold constants only): {listed}.")
     if "budget_max_batch" in df:
         lines.append(f"Max batch in budget ({spec.budget} bytes): {records[0]['efficiency'].get('budget_method', '')}.")
+    against = reference_table(df, spec.reference)
+    if not against.empty:
+        lines += [
+            "",
+            f"## Against `{spec.reference}` (the Mettle paper's Fig. 1c)",
+            "",
+            markdown(against),
+            "",
+            "Trainable parameters (method and task head), training memory and step time, each over "
+            f"`{spec.reference}`'s at the same batch size and segments (at batch 1: per sample, as in the figure).",
+        ]
     if failed:
         lines += ["", "Failed points:", *failed]
     paths = [out_dir / "profile.md"]

@@ -1,21 +1,31 @@
-"""Registries of methods and tasks; importing this module registers every plug-in."""
+"""Where every method and task lives: a name -> "module:attr" map each, loaded lazily.
+
+A new method touches its module (which holds its `MethodEntry` as `METHOD`), this map and its
+test; a new task likewise. Nothing is imported until a name is used, so a run loads only its
+own plug-ins (peft only for LoRA).
+"""
 
 from __future__ import annotations
 
-import importlib
-
-import baselines  # noqa: F401  (registers frozen, full, lora, lavish)
-import mettle_core  # noqa: F401  (registers mettle)
-from bench.tasks import TASK_MODULES
 from bench.tasks.base import Task
-from mettle_core.interface import METHODS, MethodEntry, Registry, UnknownNameError
+from mettle_core.interface import MethodEntry, Registry, UnknownNameError
 
-TASKS: Registry[Task] = Registry("task")
-
-
-def register_task(cls: type[Task]) -> type[Task]:
-    TASKS.add(cls.name, cls())
-    return cls
+METHOD_PLACES = {
+    "dgsct": "baselines.dgsct:METHOD",
+    "frozen": "baselines.frozen:METHOD",
+    "full": "baselines.full:METHOD",
+    "lavish": "baselines.lavish:METHOD",
+    "lora": "baselines.lora:METHOD",
+    "mettle": "mettle_core.method:METHOD",
+}
+TASK_PLACES = {
+    "ave": "bench.tasks.ave:TASK",
+    "avs_ms3": "bench.tasks.avs:MS3_TASK",
+    "avs_s4": "bench.tasks.avs:S4_TASK",
+    "avvp": "bench.tasks.avvp:TASK",
+}
+METHODS: Registry[MethodEntry] = Registry("method", METHOD_PLACES, MethodEntry)
+TASKS: Registry[Task] = Registry("task", TASK_PLACES, Task)
 
 
 def get_method(name: str) -> MethodEntry:
@@ -23,18 +33,11 @@ def get_method(name: str) -> MethodEntry:
 
 
 def get_task(name: str) -> Task:
-    _load_tasks()
     return TASKS.get(name)
 
 
 def task_names() -> list[str]:
-    _load_tasks()
     return TASKS.names()
 
 
-def _load_tasks() -> None:
-    for module in TASK_MODULES:
-        importlib.import_module(f"bench.tasks.{module}")
-
-
-__all__ = ["METHODS", "TASKS", "UnknownNameError", "get_method", "get_task", "register_task", "task_names"]
+__all__ = ["METHODS", "TASKS", "UnknownNameError", "get_method", "get_task", "task_names"]

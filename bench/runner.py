@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from bench.config import (
 from bench.device import is_main_process, resolve_device
 from bench.plan import Candidate, candidate_label
 from bench.presets import Preset, get_preset
-from bench.registry import METHODS, get_method, get_task, task_names
+from bench.registry import METHODS, TASKS, get_method, get_task, task_names
 from bench.results import ResultsStore, environment, git_state, new_record, run_key
 from bench.tasks.base import DataShape
 from bench.train import NonFiniteLoss, train_run
@@ -62,11 +62,28 @@ class RunPlan:
         return self.candidates.get(method, [()])
 
 
-def all_sections() -> dict[str, type]:
-    sections = dict(BASE_SECTIONS)
-    sections.update({name: METHODS.get(name).config_cls for name in METHODS.names()})
-    sections.update({name: get_task(name).config_cls for name in task_names()})
-    return sections
+class Sections(Mapping[str, type]):
+    """Config section name -> its dataclass: the base sections, then every method's and task's
+    config, whose module is imported only when its section is looked up (an override names it)."""
+
+    def __getitem__(self, name: str) -> type:
+        if name in BASE_SECTIONS:
+            return BASE_SECTIONS[name]
+        if name in METHODS:
+            return METHODS.get(name).config_cls
+        if name in TASKS:
+            return TASKS.get(name).config_cls
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*BASE_SECTIONS, *METHODS.names(), *task_names()])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+def all_sections() -> Sections:
+    return Sections()
 
 
 def resolve(plan: RunPlan) -> list[ResolvedRun]:

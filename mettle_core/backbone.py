@@ -125,6 +125,34 @@ class Backbone(nn.Module):
             return m.embed(x)
         return m.patch_embed(x)
 
+    def unit_tokens(self, unit: Unit) -> int:
+        """Tokens the unit's block sees: its own grid, which timm 1.x Swin-V2 and HTS-AT blocks
+        keep as `input_resolution` (a timm 1.x Swin-V2 STAGE's `input_resolution` is the grid
+        before its downsample, twice the blocks' side), or a ViT's patches plus prefix tokens."""
+        if self.family == "vit":
+            h, w = self.model.patch_embed.grid_size
+            return h * w + self.num_prefix_tokens
+        h, w = unit.block.input_resolution
+        return h * w
+
+    def attn_branch(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """What `block` adds to its input x through attention (drop path included), for methods
+        that add an adapter beside it: pre-norm on a ViT, post-norm on a Swin-V2 (NHWC)."""
+        if self.family == "vit":
+            return block.drop_path1(block.ls1(block.attn(block.norm1(x))))
+        if self.family == "swinv2":
+            return block.drop_path1(block.norm1(block._attn(x)))
+        raise ValueError(f"a {self.family} block does not expose its attention and MLP branches")
+
+    def mlp_branch(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """What `block` adds to its input x through its MLP (the Linear layers act on the last
+        axis, so tokens may be NHWC or flattened)."""
+        if self.family == "vit":
+            return block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
+        if self.family == "swinv2":
+            return block.drop_path2(block.norm2(block.mlp(x)))
+        raise ValueError(f"a {self.family} block does not expose its attention and MLP branches")
+
     def run_unit(self, unit: Unit, x: torch.Tensor) -> torch.Tensor:
         if unit.downsample is not None:
             x = unit.downsample(x)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -140,30 +141,44 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Name -> entry, filled by decorators at import time."""
+    """Name -> entry. An entry is added directly (`add`) or named by a place, "module:attr",
+    imported on first `get`: listing names imports nothing, and a run imports only the plug-ins
+    it uses (peft only for LoRA). A loaded entry must be an `entry_type` whose `name` is the
+    name it is registered under."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, places: Mapping[str, str] | None = None, entry_type: type | None = None) -> None:
         self.kind = kind
+        self._places = dict(places or {})
+        self._entry_type = entry_type
         self._entries: dict[str, T] = {}
 
     def add(self, name: str, entry: T) -> T:
-        if name in self._entries:
+        if name in self._entries or name in self._places:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = entry
         return entry
 
     def get(self, name: str) -> T:
-        if name not in self._entries:
-            close = difflib.get_close_matches(name, list(self._entries), n=1)
+        if name in self._entries:
+            return self._entries[name]
+        if name not in self._places:
+            close = difflib.get_close_matches(name, self.names(), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (valid: {', '.join(sorted(self._entries))})")
-        return self._entries[name]
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} (valid: {', '.join(self.names())})")
+        module, _, attr = self._places[name].partition(":")
+        entry = getattr(importlib.import_module(module), attr)
+        if self._entry_type is not None and not isinstance(entry, self._entry_type):
+            raise TypeError(f"{self.kind} {name!r}: {self._places[name]} is not a {self._entry_type.__name__}")
+        if getattr(entry, "name", name) != name:
+            raise ValueError(f"{self.kind} {name!r}: {self._places[name]} is named {entry.name!r}")
+        self._entries[name] = entry
+        return entry
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted({*self._entries, *self._places})
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._entries or name in self._places
 
 
 TowerRole = Literal["audio", "visual", "shared"]
@@ -171,8 +186,10 @@ TowerRole = Literal["audio", "visual", "shared"]
 
 @dataclass(frozen=True)
 class MethodEntry:
-    """A registered method: its config dataclass, its builder and the tower roles it reads
-    (so that the harness resolves, and records, exactly those towers' weights)."""
+    """A method: its config dataclass, its builder `build(towers, task_spec, config) ->
+    AdaptedEncoder` and the tower roles it reads (so that the harness resolves, and records,
+    exactly those towers' weights). Each method module holds one as `METHOD`; the harness's
+    registry names where."""
 
     name: str
     config_cls: type
@@ -180,21 +197,6 @@ class MethodEntry:
     description: str
     towers: tuple[TowerRole, ...]
 
-
-METHODS: Registry[MethodEntry] = Registry("method")
-
-
-def register_method(
-    name: str, config_cls: type, description: str = "", towers: tuple[TowerRole, ...] = ("audio", "visual")
-) -> Callable:
-    """Register `build(towers, task_spec, config) -> AdaptedEncoder` under `name`; it reads
-    only the tower roles listed in `towers`."""
-    if not dataclasses.is_dataclass(config_cls):
-        raise TypeError(f"config of method {name!r} must be a dataclass")
-
-    def wrap(build: Callable[[Towers, TaskSpec, Any], AdaptedEncoder]) -> Callable:
-        entry = MethodEntry(name, config_cls, build, description or (build.__doc__ or "").strip(), towers)
-        METHODS.add(name, entry)
-        return build
-
-    return wrap
+    def __post_init__(self) -> None:
+        if not dataclasses.is_dataclass(self.config_cls):
+            raise TypeError(f"config of method {self.name!r} must be a dataclass")

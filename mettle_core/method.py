@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from mettle_core.encoder import MettleConfig, MettleEncoder
-from mettle_core.interface import TaskSpec, Towers, register_method
+from mettle_core.interface import MethodEntry, TaskSpec, Towers
 
 
-@register_method(
-    "mettle",
-    MettleConfig,
-    "Mettle (Zhou et al., TPAMI 2025): frozen separate towers under no_grad, per-layer meta-tokens (LCD), "
-    "meta-token injection into the visual pyramid for segmentation (MTI).",
-)
 def build(towers: Towers, spec: TaskSpec, cfg: MettleConfig) -> MettleEncoder:
     return MettleEncoder(towers.audio, towers.visual, spec, cfg)
+
+
+METHOD = MethodEntry(
+    "mettle",
+    MettleConfig,
+    build,
+    (
+        "Mettle (Zhou et al., TPAMI 2025): frozen separate towers under no_grad, per-layer meta-tokens (LCD), "
+        "meta-token injection into the visual pyramid for segmentation (MTI)."
+    ),
+    towers=("audio", "visual"),
+)

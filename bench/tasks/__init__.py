@@ -1,3 +1,1 @@
-"""Tasks. `bench.registry` imports each module listed here, which registers it."""
-
-TASK_MODULES = ("ave", "avvp", "avs")
+"""Tasks, one module each; `bench.registry` names where each one's `Task` lives."""

@@ -21,7 +21,6 @@ from torch.utils.data import Dataset
 
 from bench.data.synthetic import MAX_CLASSES, render_audio, render_visual
 from bench.metrics.avs import fscore, miou
-from bench.registry import register_task
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
 
@@ -178,15 +177,17 @@ class _AvsTask(Task):
         }
 
 
-@register_task
 class AvsS4Task(_AvsTask):
     name = "avs_s4"
     variant = "s4"
     config_cls = AvsConfig
 
 
-@register_task
 class AvsMs3Task(_AvsTask):
     name = "avs_ms3"
     variant = "ms3"
     config_cls = AvsMs3Config
+
+
+S4_TASK = AvsS4Task()
+MS3_TASK = AvsMs3Task()

@@ -17,7 +17,6 @@ from torch.utils.data import Dataset
 
 from bench.data.synthetic import render_audio, render_visual
 from bench.metrics.avvp import METRIC_KEYS, avvp_scores
-from bench.registry import register_task
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
 
@@ -142,7 +141,6 @@ class AvvpHead(nn.Module):
         return {"video": video, "audio": seg_prob[:, :, 0], "visual": seg_prob[:, :, 1]}
 
 
-@register_task
 class AvvpTask(Task):
     name = "avvp"
     config_cls = AvvpConfig
@@ -187,3 +185,6 @@ class AvvpTask(Task):
         return avvp_scores(
             preds["video_prob"], preds["audio_prob"], preds["visual_prob"], preds["gt_audio"], preds["gt_visual"]
         )
+
+
+TASK = AvvpTask()

@@ -7,9 +7,9 @@ import timm
 import torch
 from baseline_helpers import CLS, SEG, assert_state_dict_round_trip, av_batch, preset_towers, probe_loss
 
-from baselines.lavish import LavishConfig, LavishEncoder, lavish_param_count
+from baselines.lavish import METHOD, LavishConfig, LavishEncoder, lavish_param_count
 from mettle_core.backbone import Backbone, Modality
-from mettle_core.interface import METHODS, TaskSpec
+from mettle_core.interface import TaskSpec
 
 
 def frozen_reference(
@@ -141,5 +141,5 @@ def test_indivisible_groups_rejected() -> None:
 
 @pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])
 def test_state_dict_round_trip(family: str, spec: TaskSpec) -> None:
-    entry = METHODS.get("lavish")
+    entry = METHOD
     assert_state_dict_round_trip(lambda t: entry.build(t, spec, entry.config_cls()), family)

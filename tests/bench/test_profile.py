@@ -4,11 +4,13 @@ import os
 import signal
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from bench.budgets import load, write
 from bench.cli import main
 from bench.profile import (
+    MIB,
     Point,
     ProfileSpec,
     display_table,
@@ -16,6 +18,7 @@ from bench.profile import (
     isolated_point,
     parse_size,
     parse_sweep,
+    reference_table,
     with_ratios,
     write_report,
 )
@@ -49,6 +52,28 @@ def test_table_has_ratio_and_floor_columns(profiled):
         assert column in header
     lavish = next(line for line in lines if line.startswith("| lavish"))
     assert lavish.split(" | ")[header.split(" | ").index("mem / ref")] == "1.0"
+    assert "params / ref" in header
+    against = lines.index("## Against `lavish` (the Mettle paper's Fig. 1c)")
+    header = lines[against + 2]
+    for column in ("trainable params (M)", "params / lavish", "memory / lavish", "step (ms)", "time / lavish"):
+        assert column in header
+    assert lines[against + 4].startswith("| lavish") and lines[against + 5].startswith("| mettle")
+
+
+def test_reference_table_gives_each_figure_and_its_ratio_to_the_reference():
+    """As the paper's Fig. 1c against DG-SCT: the CUDA peak where measured, else the estimate."""
+    rows = [
+        {"method": "dgsct", "trainable_params": 2e8, "train_mem_bytes_est": 8 * MIB, "train_step_s": 2.0},
+        {"method": "mettle", "trainable_params": 1e6, "train_mem_bytes_est": 2 * MIB, "train_step_s": 0.5},
+    ]
+    df = pd.DataFrame([{"batch": 1, "T": 10, **r} for r in rows])
+    table = reference_table(with_ratios(df, "dgsct"), "dgsct")
+    assert list(table.iloc[1]) == ["mettle", "1", "10", "1.0", "0.005", "2.0", "0.25", "500.0", "0.25"]
+    assert table.columns[5] == "train mem est. (MiB)" and list(table.iloc[0])[4] == "1.0"
+    df["cuda_peak_allocated_bytes"] = [4 * MIB, 3 * MIB]
+    table = reference_table(with_ratios(df, "dgsct"), "dgsct")
+    assert table.columns[5] == "CUDA peak alloc. (MiB)" and list(table.iloc[1])[5:7] == ["3.0", "0.75"]
+    assert reference_table(with_ratios(df, "lavish"), "lavish").empty  # no reference point: no table
 
 
 def _dies_after_the_memory_pass(point, conn) -> None:

@@ -10,7 +10,7 @@ import torch
 from bench.presets import get_preset
 from bench.profile import ProfileSpec, build_step, resolve_point
 
-METHODS = ["frozen", "lora", "lavish", "mettle", "full"]
+METHODS = ["frozen", "lora", "lavish", "dgsct", "mettle", "full"]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -103,3 +103,38 @@ def test_towers_build_only_what_is_read_and_refuse_an_undeclared_role() -> None:
     assert built == ["visual"] and list(towers.built) == ["visual"]
     with pytest.raises(ValueError, match="the shared tower was not provided"):
         _ = towers.shared
+
+
+@pytest.mark.parametrize(
+    ("preset", "role", "modality"),
+    [("smoke_vit", "visual", "visual"), ("smoke", "visual", "visual"), ("smoke", "audio", "audio")],
+    ids=["vit", "swinv2", "htsat"],
+)
+def test_unit_tokens_are_the_tokens_each_block_sees(preset: str, role: str, modality: str) -> None:
+    """Read from each block, not from its stage: a timm 1.x Swin-V2 stage's input_resolution
+    is the grid before its downsample, twice the side its blocks run on."""
+    bb = tower(preset, role).eval()
+    x = 0.1 * torch.randn(1, 8000) if modality == "audio" else torch.randn(1, 3, 32, 32)
+    xs = bb.embed(bb.prepare(x, modality))
+    for unit in bb.units:
+        xs = bb.run_unit(unit, xs)
+        assert bb.unit_tokens(unit) == bb.tokens(xs).shape[1]
+    if bb.family == "swinv2":
+        stage = bb.model.layers[1]
+        assert stage.input_resolution[0] == 2 * stage.blocks[0].input_resolution[0]
+
+
+@pytest.mark.parametrize("preset", ["smoke_vit", "smoke"])
+def test_branches_rebuild_the_block(preset: str) -> None:
+    """x + attention branch, then + MLP branch, is the block itself (eval: no drop path)."""
+    bb = tower(preset, "visual").eval()
+    unit = bb.units[1]
+    x = bb.embed(bb.prepare(torch.randn(2, 3, 32, 32), "visual"))
+    x = bb.run_unit(bb.units[0], x)
+    if unit.downsample is not None:
+        x = unit.downsample(x)
+    y = x + bb.attn_branch(unit.block, x)
+    y = y + bb.mlp_branch(unit.block, y)
+    assert torch.allclose(y, unit.block(x), atol=1e-6)
+    with pytest.raises(ValueError, match="htsat block does not expose"):
+        tower("smoke", "audio").attn_branch(unit.block, x)

@@ -11,7 +11,8 @@ from tiny import assert_state_dict_round_trip
 
 import mettle_core
 from mettle_core import MettleConfig, MettleEncoder, kept_feature_bytes, mettle_param_count, select_layers
-from mettle_core.interface import METHODS, TaskSpec, Towers
+from mettle_core.interface import TaskSpec, Towers
+from mettle_core.method import METHOD
 
 FAMILIES = ("vit", "swinv2")
 SPECS = pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])
@@ -36,7 +37,7 @@ def trainable_count(enc: MettleEncoder) -> int:
 def test_registered_build_uses_the_separate_towers() -> None:
     audio_bb, visual_bb = towers("vit")
     shared = vit(3)
-    entry = METHODS.get("mettle")
+    entry = METHOD
     assert entry.config_cls is mettle_core.MettleConfig
     enc = entry.build(Towers(audio_bb, visual_bb, shared), CLS, MettleConfig())
     assert isinstance(enc, MettleEncoder) and enc.audio_bb is audio_bb and enc.visual_bb is visual_bb
