@@ -138,6 +138,20 @@ class MettleEncoder(AdaptedEncoder):
     def param_groups(self, lr: float) -> list[dict[str, object]]:
         return [{"params": self.mettle_parameters(), "lr": lr, "name": "mettle"}]
 
+    def memory_floor_bytes(self, audio: torch.Tensor, visual: torch.Tensor) -> int:
+        return kept_feature_bytes(self, audio, visual)
+
+    def param_breakdown(self) -> dict[str, int]:
+        def count(*modules: nn.Module | None) -> int:
+            return sum(p.numel() for m in modules if m is not None for p in m.parameters() if p.requires_grad)
+
+        return {
+            "lcd": count(self.lcd_a, self.lcd_v),
+            "aggregation": count(self.agg_a, self.agg_v),
+            "pool": 0,
+            "mti": count(self.mti),
+        }
+
     def _run(
         self,
         bb: Backbone,
