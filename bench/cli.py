@@ -233,10 +233,20 @@ def sweep_spec(args: argparse.Namespace):
         trials=args.trials or data.get("trials"),
         objectives=parse_objectives(objectives) if objectives else [],
         max_memory=args.max_memory,
-        study=args.study or data.get("study", ""),
+        study=args.study or study_name(data, task, preset),
         device=args.device,
         command=args.command_line,
     )
+
+
+def study_name(data: dict, task: str, preset: str) -> str:
+    """A study file's study, suffixed with the task and the preset where the command line
+    changed them: the same grid on another task or preset is another study (sharing one would
+    count the first task's trials as done). Without a named study, "" lets SweepSpec name it."""
+    if not data.get("study"):
+        return ""
+    changed = [v for v, given in ((task, data.get("task")), (preset, data.get("preset", "tiny"))) if v != given]
+    return "_".join([data["study"], *changed])
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:

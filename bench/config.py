@@ -29,6 +29,10 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0  # max gradient norm; 0 disables
     amp: Literal["off", "bf16"] = "off"  # bf16 autocast, CUDA only
+    # epochs: the preset's epochs. flops: the training FLOPs that `budget_reference` (a method,
+    # at its default config) spends in those epochs, so that cheap steps buy more of them.
+    budget: Literal["epochs", "flops"] = "epochs"
+    budget_reference: str = "lavish"
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "lr", "head_lr")

@@ -45,7 +45,6 @@ from bench.report import markdown  # noqa: E402
 from bench.results import ResultsStore, atomic_write_text, environment, git_state, new_record  # noqa: E402
 from bench.runner import RunPlan, resolve  # noqa: E402
 from bench.tasks.base import Batch, TaskModel  # noqa: E402
-from mettle_core.encoder import MettleEncoder, kept_feature_bytes  # noqa: E402
 
 MIB = 2**20
 SWEEP_KEYS = ("batch-size", "segments")
@@ -158,8 +157,9 @@ def build_step(run: ResolvedRun, preset: Preset, device: torch.device) -> Step:
 
 
 def memory_figures(step: Step) -> dict[str, Any]:
-    """Parameters, saved-activation bytes, the training-memory estimate and, for Mettle,
-    its memory floor (the kept frozen features); one forward pass, freed on return."""
+    """Parameters, saved-activation bytes, the training-memory estimate and, where the
+    encoder offers them (optional hooks), its memory floor and its trainable parameters by
+    part (with the task head's); one forward pass, freed on return."""
     params = list(step.model.parameters())
     trainable = [p for p in params if p.requires_grad]
     out: dict[str, Any] = {
@@ -170,8 +170,12 @@ def memory_figures(step: Step) -> dict[str, Any]:
     out |= {f"{role}_tower_params": tower["params"] for role, tower in step.towers.items()}
     out["activation_bytes"] = activation_bytes(step.loss_fn, [*params, *step.model.buffers(), *step.inputs])
     out["train_mem_bytes_est"] = train_memory_estimate(params, trainable, out["activation_bytes"])
-    if isinstance(step.model.encoder, MettleEncoder):
-        out["memory_floor_bytes"] = kept_feature_bytes(step.model.encoder, step.batch["audio"], step.batch["visual"])
+    encoder = step.model.encoder
+    if (floor := encoder.memory_floor_bytes(step.batch["audio"], step.batch["visual"])) is not None:
+        out["memory_floor_bytes"] = floor
+    if (parts := encoder.param_breakdown()) is not None:
+        head = sum(p.numel() for p in step.model.head.parameters() if p.requires_grad)
+        out |= {f"params_{part}": n for part, n in (parts | {"head": head}).items()}
     gc.collect()
     return out
 
@@ -370,8 +374,9 @@ def isolated_point(point: Point, worker: Callable[[Point, Any], None] = _point_w
 
 TABLE_COLUMNS = {  # efficiency key -> (label, scale, digits)
     "trainable_params": ("trainable params (M)", 1e-6, 3),
+    "encoder_trainable_params": ("encoder params (M)", 1e-6, 3),
     "activation_bytes": ("act. mem (MiB)", 1 / MIB, 1),
-    "memory_floor_bytes": ("Mettle floor (MiB)", 1 / MIB, 1),
+    "memory_floor_bytes": ("floor (MiB)", 1 / MIB, 1),
     "train_mem_bytes_est": ("train mem est. (MiB)", 1 / MIB, 1),
     "cuda_peak_allocated_bytes": ("CUDA peak alloc. (MiB)", 1 / MIB, 1),
     "cuda_peak_reserved_bytes": ("CUDA peak reserved (MiB)", 1 / MIB, 1),
@@ -394,7 +399,8 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 def with_ratios(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Trainable parameters, memory (the estimate, and the CUDA peak when measured) and step
-    time over the reference method's at the same point; activations over Mettle's floor."""
+    time over the reference method's at the same point; activations over the method's memory
+    floor."""
     if df.empty:
         return df
     df = df.copy()
@@ -417,8 +423,16 @@ def with_ratios(df: pd.DataFrame, reference: str) -> pd.DataFrame:
 
 
 def display_table(df: pd.DataFrame) -> pd.DataFrame:
+    """TABLE_COLUMNS, with the trainable parameters by part (the encoders' param_breakdown
+    hook, and the head) right after the encoder's trainable count."""
     out = df[["method", "batch", "T"]].copy()
-    for col, (label, scale, digits) in TABLE_COLUMNS.items():
+    columns = []
+    for col, spec in TABLE_COLUMNS.items():
+        columns.append((col, spec))
+        if col == "encoder_trainable_params":
+            parts = [c for c in df.columns if c.startswith("params_")]
+            columns += [(c, (f"{c.removeprefix('params_')} params (M)", 1e-6, 3)) for c in parts]
+    for col, (label, scale, digits) in columns:
         if col in df and df[col].notna().any():
             out[label] = (df[col] * scale).round(digits)
     for col in ("act / floor", "params / ref", "mem / ref", "CUDA peak / ref", "time / ref"):
@@ -469,8 +483,10 @@ def write_report(records: list[dict[str, Any]], spec: ProfileSpec, out_dir: Path
         "",
         f"One training step with random weights; ratios are relative to `{spec.reference}` at the same point. "
         "Memory: saved-for-backward bytes (`act. mem`) and weights + gradients + AdamW state + activations "
-        "(`train mem est.`), measured in a pass of its own. Mettle floor: the per-layer features LCD keeps, at the "
-        f"kept dtype. Time: median of {spec.repeats} steps after {spec.warmup} warm-up steps.",
+        "(`train mem est.`), measured in a pass of its own. Floor: what a method must keep for backward by design, "
+        "where it states one (Mettle: the per-layer features LCD reads, at the kept dtype). Parameters by part (lcd, "
+        "aggregation, pool, mti, head) where the method breaks them down. "
+        f"Time: median of {spec.repeats} steps after {spec.warmup} warm-up steps.",
     ]
     towers = {
         (role, r["efficiency"][f"{role}_tower_params"])
@@ -515,7 +531,7 @@ def _figure(df: pd.DataFrame, spec: ProfileSpec, path: Path) -> Path:
         ax_m.bar(df["method"], df["activation_bytes"] / MIB, label="activations")
         if "memory_floor_bytes" in df:
             floor = df["memory_floor_bytes"] / MIB
-            ax_m.scatter(df["method"], floor, marker="_", s=400, color="black", zorder=3, label="Mettle floor")
+            ax_m.scatter(df["method"], floor, marker="_", s=400, color="black", zorder=3, label="memory floor")
         ax_t.bar(df["method"], df["train_step_s"] * 1e3)
         for ax in (ax_m, ax_t):
             ax.tick_params(axis="x", rotation=30)

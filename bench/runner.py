@@ -121,8 +121,9 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
                             tags={**plan.tags, **tags},
                         )
                     )
-    for run in runs:  # weights that cannot be found are usage errors too
+    for run in runs:  # weights that cannot be found, or a budget reference that is no method, are usage errors too
         resolve_weights(preset, run.towers, get_method(run.method).towers, rebuild=False)
+        get_method(run.train.budget_reference)
     return runs
 
 
@@ -239,7 +240,12 @@ def run_one(
         datasets = cache.get(run, preset.shape)
         outcome = train_run(run, preset, datasets, on_step)
         metrics, efficiency = outcome.metrics, outcome.efficiency
-        extra = {"best_epoch": outcome.best_epoch, "val_history": outcome.val_history, "weights": outcome.towers}
+        extra = {
+            "best_epoch": outcome.best_epoch,
+            "val_history": outcome.val_history,
+            "weights": outcome.towers,
+            "budget": outcome.budget,
+        }
     except ConfigError:
         raise
     except NonFiniteLoss as err:

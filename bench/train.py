@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -19,6 +20,7 @@ from bench.device import is_main_process, resolve_device, shard, to_device
 from bench.measure import measure_efficiency
 from bench.presets import Preset
 from bench.registry import get_task
+from bench.step_budget import step_budget
 from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset
 
 
@@ -33,6 +35,7 @@ class RunOutcome:
     best_epoch: int
     val_history: list[float]
     towers: dict[str, dict[str, Any]]  # tower role -> its weights, architecture and size (Built.tower_records)
+    budget: dict[str, Any]  # the steps taken and where their number comes from (StepBudget.record)
 
 
 def iterate(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator) -> Iterator[Batch]:
@@ -67,8 +70,10 @@ def train_run(
     datasets: dict[str, Dataset],
     on_step: Callable[[int, int], None] | None = None,
 ) -> RunOutcome:
-    """Train for `epochs`, keep the state with the best val selection metric, report
-    test metrics with it, then measure efficiency on one training batch."""
+    """Train for the run's step budget (the preset's epochs, or the reference method's
+    training FLOPs), validating at each epoch end and after the last, possibly partial,
+    epoch; keep the state with the best val selection metric, report test metrics with it,
+    then measure efficiency on one training batch."""
     task = get_task(run.task)
     device = resolve_device(run.device)
     built = build_model(run, preset, task)
@@ -86,10 +91,13 @@ def train_run(
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     gen = torch.Generator().manual_seed(run.seed)
     steps_per_epoch = math.ceil(len(datasets["train"]) / cfg.batch_size)
+    first = partial(first_batch, datasets["train"], run, device)
+    budget = step_budget(run, preset, task, model, first, steps_per_epoch, amp)
     best, best_state, best_epoch, history = -math.inf, None, -1, []
-    for epoch in range(cfg.epochs):
+    step, epoch = 0, 0
+    while step < budget.steps:
         model.train()
-        for i, batch in enumerate(iterate(datasets["train"], cfg.batch_size, True, gen)):
+        for batch in iterate(datasets["train"], cfg.batch_size, True, gen):
             batch, scale = shard(to_device(batch, device))
             with amp():
                 loss = task.loss(trained(batch["audio"], batch["visual"]), batch)
@@ -98,8 +106,11 @@ def train_run(
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
             optimizer.step()
+            step += 1
             if on_step is not None:
-                on_step(epoch * steps_per_epoch + i + 1, cfg.epochs * steps_per_epoch)
+                on_step(step, budget.steps)
+            if step == budget.steps:
+                break
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} after epoch {epoch}")
         val = evaluate(model, task, datasets["val"], cfg.batch_size, device, amp)[task.selection_metric]
@@ -107,13 +118,20 @@ def train_run(
         if val > best:
             best, best_epoch = val, epoch
             best_state = trainable_state(model)
+        epoch += 1
     assert best_state is not None
     model.load_state_dict(best_state, strict=False)
     metrics = evaluate(model, task, datasets["test"], cfg.batch_size, device, amp)
     metrics["val_" + task.selection_metric] = best
     measured = run.measure.enabled and is_main_process()  # other ranks' records are dropped
     efficiency = measure_model(model, task, run, datasets["train"], device, amp) if measured else {}
-    return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records())
+    return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records(), budget.record())
+
+
+def first_batch(ds: Dataset, run: ResolvedRun, device: torch.device) -> Batch:
+    """The first training batch in dataset order, at the run's batch size: what one step is
+    counted or measured on."""
+    return to_device(next(iterate(ds, run.train.batch_size, False, torch.Generator())), device)
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -125,7 +143,7 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def measure_model(model: TaskModel, task: Task, run: ResolvedRun, train_ds: Dataset, device: torch.device, amp):
-    batch = to_device(next(iterate(train_ds, run.train.batch_size, False, torch.Generator())), device)
+    batch = first_batch(train_ds, run, device)
 
     def loss_fn() -> torch.Tensor:
         with amp():

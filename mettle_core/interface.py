@@ -109,6 +109,17 @@ class AdaptedEncoder(nn.Module):
         """Parameters of the pretrained towers (as opposed to the method's own)."""
         raise NotImplementedError
 
+    def memory_floor_bytes(self, audio: torch.Tensor, visual: torch.Tensor) -> int | None:
+        """Optional hook: the bytes a training step on this input cannot save below (what the
+        method must keep for backward by design), so that reports can set the saved
+        activations against it. None: the method states no floor."""
+        return None
+
+    def param_breakdown(self) -> dict[str, int] | None:
+        """Optional hook: the trainable parameters split by part (name -> count, summing to
+        the encoder's trainable count), for reports. None: no breakdown."""
+        return None
+
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> AVFeatures:  # pragma: no cover
         raise NotImplementedError
 

@@ -1,6 +1,7 @@
-"""The contract every registered method passes (DESIGN section 4): builds, forward
-shapes, backward, gradients reach exactly the parameters it declares trainable,
-and a state-dict round trip reproduces its outputs."""
+"""The contract every registered method passes: builds, forward shapes, backward,
+gradients reach exactly the parameters it declares trainable, a state-dict round trip
+reproduces its outputs, and the optional hooks it offers (memory floor, parameters by
+part) are consistent with what a step measures."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from tiny import FAMILIES, assert_state_dict_round_trip, av_batch
 
+from bench.measure import activation_bytes
 from bench.presets import get_preset
 from bench.registry import METHODS
 from bench.towers import build_towers
@@ -100,6 +102,25 @@ def test_gradients_reach_exactly_the_declared_parameters(method, spec, preset):
             assert p.grad is None, f"{method}: frozen {name} got a gradient"
     reached = sum(int(p.grad.abs().sum() > 0) for p in encoder.parameters() if p.grad is not None)
     assert (reached > 0) == bool(trainable)
+
+
+def test_optional_hooks_agree_with_a_measured_step(method, spec, preset):
+    """A memory floor, when stated, is positive and no more than what a training step saves
+    (the harness's activation_bytes); a parameter breakdown, when given, adds up to the
+    trainable count."""
+    encoder = build(method, spec, preset)
+    encoder.train()
+    audio, visual = inputs(spec, preset)
+    floor = encoder.memory_floor_bytes(audio, visual)
+    if floor is not None:
+        exclude = [*encoder.parameters(), *encoder.buffers(), audio, visual]
+        saved = activation_bytes(lambda: feature_loss(encoder(audio, visual)), exclude)
+        assert 0 < floor <= saved, f"{method}: floor {floor} B, a step saves {saved} B"
+    parts = encoder.param_breakdown()
+    if parts is not None:
+        assert all(n >= 0 for n in parts.values())
+        assert sum(parts.values()) == sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+    assert method != "mettle" or (floor is not None and parts is not None)  # the method that states both
 
 
 def test_state_dict_round_trip(method, spec, preset):

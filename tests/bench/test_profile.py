@@ -39,8 +39,13 @@ def test_profile_writes_records_table_and_figure(profiled):
     records = ResultsStore(profiled, "profile.jsonl").load().records
     assert [r["method"] for r in records] == ["lavish", "mettle"]
     assert all(r["status"] == "ok" and r["command"].startswith("python -m bench profile") for r in records)
-    mettle = records[1]["efficiency"]
+    lavish, mettle = records[0]["efficiency"], records[1]["efficiency"]
     assert 0 < mettle["memory_floor_bytes"] <= mettle["activation_bytes"]
+    parts = {k: v for k, v in mettle.items() if k.startswith("params_")}
+    assert set(parts) == {"params_lcd", "params_aggregation", "params_pool", "params_mti", "params_head"}
+    assert sum(parts.values()) == mettle["trainable_params"]
+    assert mettle["trainable_params"] - parts["params_head"] == mettle["encoder_trainable_params"]
+    assert "memory_floor_bytes" not in lavish and not any(k.startswith("params_") for k in lavish)  # no hooks
     assert {"train_mem_bytes_est", "train_step_s", "flops_per_step", "trainable_params"} <= set(mettle)
     assert (profiled / "profile.png").stat().st_size > 0
 
@@ -48,7 +53,8 @@ def test_profile_writes_records_table_and_figure(profiled):
 def test_table_has_ratio_and_floor_columns(profiled):
     lines = (profiled / "profile.md").read_text().splitlines()
     header = next(line for line in lines if line.startswith("| method"))
-    for column in ("mem / ref", "time / ref", "Mettle floor (MiB)", "act / floor", "GFLOPs/step", "samples/s"):
+    columns = ("mem / ref", "time / ref", "floor (MiB)", "act / floor", "GFLOPs/step", "samples/s", "lcd params (M)")
+    for column in columns:
         assert column in header
     lavish = next(line for line in lines if line.startswith("| lavish"))
     assert lavish.split(" | ")[header.split(" | ").index("mem / ref")] == "1.0"

@@ -21,7 +21,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from bench.cli import main
+from bench.cli import build_parser, main, sweep_spec
 from bench.results import ResultsStore
 from bench.runner import RunPlan, resolve
 from bench.sweep import SweepSpec, load_study_file, make_storage
@@ -189,3 +189,34 @@ def test_every_shipped_study_resolves_at_every_grid_point(path):
         for key, value in zip(spec.grid, point, strict=True):
             section, field_name = key.split(".")
             assert getattr(run.method_cfg if section == spec.method else run.task_cfg, field_name) == value
+
+
+@pytest.mark.parametrize(
+    ("flags", "name"),
+    [
+        ([], "mettle_mti"),
+        (["--task", "avs_ms3"], "mettle_mti_avs_ms3"),
+        (["--preset", "smoke"], "mettle_mti_smoke"),
+        (["--task", "avs_ms3", "--preset", "smoke"], "mettle_mti_avs_ms3_smoke"),
+        (["--task", "avs_ms3", "--study", "mine"], "mine"),
+    ],
+)
+def test_a_study_file_on_another_task_or_preset_is_another_study(flags, name):
+    """Running a study file's grid on each of several tasks must not make one study whose
+    BruteForce sampler counts the first task's points as done on the next."""
+    path = REPO / "bench" / "studies" / "mettle_mti.toml"
+    args = build_parser().parse_args(["sweep", "--study-file", str(path), *flags])
+    args.command_line = "cmd"
+    assert sweep_spec(args).study == name
+
+
+def test_a_mettle_study_file_runs_its_whole_grid(tmp_path):
+    """The MTI study (segmentation, three values) end to end on the smoke preset; its records
+    carry each value and the study's name with the preset it ran on."""
+    path = REPO / "bench" / "studies" / "mettle_mti.toml"
+    args = ["sweep", "--study-file", str(path), "--preset", "smoke", "--device", "cpu", "--seeds", "0"]
+    fast = ["--set", "measure.enabled=false", "--set", "train.epochs=1", "--objectives", "miou:max"]
+    assert main([*args, *fast, "--out", str(tmp_path)]) == 0
+    records = study_records(tmp_path, "mettle_mti_smoke")
+    assert sorted(r["config"]["method"]["mti"] for r in records) == ["attention", "film", "off"]
+    assert all(r["status"] == "ok" and r["task"] == "avs_s4" for r in records)

@@ -33,19 +33,24 @@ def test_adapted_pyramid_has_the_decoder_shapes() -> None:
 
 
 @pytest.mark.parametrize("family", ["vit", "swinv2"])
-@pytest.mark.parametrize("overrides", [{}, {"mti": False}, {"feature_dtype": "bf16"}], ids=["mti", "off", "bf16"])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"mti": "film"}, {"mti": "off"}, {"feature_dtype": "bf16"}],
+    ids=["attention", "film", "off", "bf16"],
+)
 def test_closed_gates_or_mti_off_give_the_frozen_pyramid_exactly(family: str, overrides: dict[str, object]) -> None:
     enc = seg_encoder(family, **overrides)
     audio, visual = av_batch()
     out = enc(audio, visual)
-    assert out.maps is not None and (enc.mti is None) == (overrides.get("mti") is False)
+    assert out.maps is not None and (enc.mti is None) == (overrides.get("mti") == "off")
     for got, want in zip(out.maps, frozen_pyramid(enc.visual_bb, visual), strict=True):
         assert got.dtype == torch.float32 and torch.equal(got, want)
     assert out.a.shape == (2, 2, enc.audio_dim) and out.v.shape == (2, 2, enc.visual_dim)
 
 
-def test_gradients_from_the_maps_reach_mti_and_top_lcd_but_no_backbone_parameter() -> None:
-    enc = seg_encoder()
+@pytest.mark.parametrize("kind", ["attention", "film"])
+def test_gradients_from_the_maps_reach_mti_and_top_lcd_but_no_backbone_parameter(kind: str) -> None:
+    enc = seg_encoder(mti=kind)
     assert enc.audio_units == (enc.audio_bb.depth - 1,) and enc.visual_units == (enc.visual_bb.depth - 1,)
     with torch.no_grad():
         for name, p in enc.named_parameters():
