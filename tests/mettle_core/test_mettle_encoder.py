@@ -176,17 +176,17 @@ def test_stage_buffers_are_the_memory_floor(smoke: tuple[Backbone, Backbone]) ->
     audio, visual = av_batch()
     kept = enc.frozen_features(audio, visual)
     frames = 4
-    # Swin-V2 on 32 px, 2 px patches: 256, 64, 16, 4 tokens of widths 16, 32, 64, 128 (3 blocks in stage 3);
-    # HTS-AT on its 64 x 64 log-mel image, 4 px patches: the same grids and widths, one block each.
+    # Swin-V2 on 32 px, 4 px patches: 64, 16, 4, 1 tokens of widths 16, 32, 64, 128 (3 blocks in stage 3);
+    # HTS-AT on its 64 x 64 log-mel image, 8 px patches: the same grids and widths, one block each.
     assert [tuple(x.shape) for x in kept.visual] == [
-        (1, frames, 256, 16),
-        (1, frames, 64, 32),
-        (3, frames, 16, 64),
-        (1, frames, 4, 128),
+        (1, frames, 64, 16),
+        (1, frames, 16, 32),
+        (3, frames, 4, 64),
+        (1, frames, 1, 128),
     ]
     assert [x.shape[0] for x in kept.audio] == [1, 1, 1, 1]
-    tokens = frames * (256 * 16 + 64 * 32 + 16 * 64 + 4 * 128)
-    assert enc.memory_floor_bytes(audio, visual) == 4 * (tokens + tokens + frames * 2 * 16 * 64)
+    tokens = frames * (64 * 16 + 16 * 32 + 4 * 64 + 1 * 128)
+    assert enc.memory_floor_bytes(audio, visual) == 4 * (tokens + tokens + frames * 2 * 4 * 64)
 
 
 @pytest.mark.parametrize("recompute", [True, False], ids=["recompute", "keep"])
