@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train, select on val, test and measure methods on tasks")
     run.add_argument(
-        "--plan", type=Path, default=None, help="an experiment file (e.g. bench/studies/reference.toml); flags win"
+        "--plan", type=Path, default=None, help="an experiment file (e.g. bench/plans/reference.toml); flags win"
     )
     run.add_argument("--methods", type=_csv, default=None, help="comma-separated method names (default: mettle,lavish)")
     run.add_argument("--tasks", type=_csv, default=None, help="comma-separated task names (default: all)")

@@ -1,5 +1,5 @@
 """Experiments as files: a plan names the methods, tasks, seeds and each method's candidate
-configurations of a `bench run` (e.g. bench/studies/reference.toml, the reference results).
+configurations of a `bench run` (e.g. bench/plans/reference.toml, the reference results).
 
     preset = "tiny"
     tasks = ["ave", "avvp"]
