@@ -8,12 +8,15 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
 from bench.config import ConfigError
+from bench.data.errors import DataWarning
 from bench.presets import PRESETS, WEIGHTS_DIR
 from mettle_core.interface import UnknownNameError
 
@@ -484,6 +487,19 @@ COMMANDS = {
 }
 
 
+def _console_warnings(console: Console, default: Callable[..., None]) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints dataset warnings through the console (above any
+    progress bar, without a source line) and leaves every other warning to `default`."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: object) -> None:
+        if issubclass(category, DataWarning):
+            console.print(f"[yellow]warning:[/] {message}")
+        else:
+            default(message, category, filename, lineno, *rest)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -491,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = shlex.join(["python", "-m", "bench", *argv])
     console = Console(stderr=True)
     try:
-        return COMMANDS[args.command](args, console)
+        with warnings.catch_warnings():
+            warnings.showwarning = _console_warnings(console, warnings.showwarning)
+            return COMMANDS[args.command](args, console)
     except (UsageError, ConfigError, UnknownNameError) as err:
         console.print(f"[red]error:[/] {err}")
         return 2

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bench.data.ave import load_ave
 from bench.data.avsbench import load_avsbench
-from bench.data.errors import DataError
+from bench.data.errors import DataError, DataWarning
 from bench.data.llp import load_llp
 from bench.tasks.base import DataShape
 
@@ -109,6 +109,22 @@ def test_llp_reads(tmp_path: Path) -> None:
     assert val["gt_audio"][0].int().tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]  # [0, 4); 9-9 marks nothing
     assert val["gt_audio"].sum() == 4 and val["gt_visual"][1].sum() == 7
     assert data["test"][0]["gt_audio"][24].sum() == 8 and data["test"][0]["gt_visual"].sum() == 0
+
+
+def test_llp_row_with_offset_before_onset_marks_nothing_and_is_reported_once(tmp_path: Path) -> None:
+    # the release's AVVP_eval_audio.csv line 3770: `8DF2PxdT5tE_390_400  9  0  Cheering`
+    llp_tree(tmp_path)
+    audio = (tmp_path / "AVVP_eval_audio.csv").read_text()
+    (tmp_path / "AVVP_eval_audio.csv").write_text(audio + "v3_0_10\t9\t0\tCheering\nv4_0_10\t5\t1\tClapping\n")
+    with pytest.warns(DataWarning) as caught:
+        data = load_llp(tmp_path, SHAPE)
+    assert len(caught) == 1  # one warning for the file, though val and test both read it
+    assert str(caught[0].message) == (
+        f"{tmp_path / 'AVVP_eval_audio.csv'}: 2 row(s) with offset before onset mark no segment, "
+        "as in the official evaluation (line(s) 5, 6)"
+    )
+    assert data["val"][0]["gt_audio"][2].sum() == 0  # Cheering: nothing
+    assert data["test"][0]["gt_audio"][24].sum() == 8  # Clapping: only its [2, 10) row
 
 
 @pytest.mark.parametrize(
