@@ -3,7 +3,10 @@
 Layout of `root` (tab-separated CSVs with a header, as released):
     AVVP_train.csv, AVVP_val_pd.csv, AVVP_test_pd.csv      filename  event_labels (comma-joined)
     AVVP_eval_audio.csv, AVVP_eval_visual.csv              filename  onset  offset  event_labels
-    frames/{filename}.npy  uint8 [10, H, W, 3];  logmel/{filename}.npy  float32 [10, F, W]
+    frames/{name}.npy  uint8 [10, H, W, 3];  logmel/{name}.npy  float32 [10, F, W]
+where {name} is the CSV's `{YouTubeID}_{start}_{end}` or the bare YouTube id (the
+official download script saves `{YouTubeID}.mp4`, and `bench data prepare` names the
+media after the clip's file).
 Targets: `label` [25] video-level (every split); val and test also carry the
 segment ground truth `gt_audio`, `gt_visual` [25, 10] (ones on [onset, offset)).
 Rows with onset == offset mark no segment; so do rows whose offset is before their
@@ -84,6 +87,12 @@ def _segment_gt(events: dict[str, list[Event]], videos: list[str]) -> torch.Tens
     return gt
 
 
+def youtube_id(filename: str) -> tuple[str, ...]:
+    """The bare YouTube id of a `{YouTubeID}_{start}_{end}` name (ids may hold `_`), or none."""
+    head, *times = filename.rsplit("_", 2)
+    return (head,) if len(times) == 2 and all(t.isdigit() for t in times) else ()
+
+
 def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
     audio_events = _events(root / "AVVP_eval_audio.csv")
     visual_events = _events(root / "AVVP_eval_visual.csv")
@@ -100,5 +109,5 @@ def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
         if split != "train":
             targets["gt_audio"] = _segment_gt(audio_events, videos)
             targets["gt_visual"] = _segment_gt(visual_events, videos)
-        out[split] = PreparedAVDataset(root, videos, targets, shape, SEGMENTS)
+        out[split] = PreparedAVDataset(root, videos, targets, shape, SEGMENTS, aliases=youtube_id)
     return out

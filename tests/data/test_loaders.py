@@ -127,6 +127,26 @@ def test_llp_row_with_offset_before_onset_marks_nothing_and_is_reported_once(tmp
     assert data["test"][0]["gt_audio"][24].sum() == 8  # Clapping: only its [2, 10) row
 
 
+def test_llp_finds_media_under_the_csv_name_or_the_youtube_id(tmp_path: Path) -> None:
+    llp_tree(tmp_path)
+    # the download script's naming: `{YouTubeID}.mp4`, ids with '_' and '-'
+    (tmp_path / "AVVP_test_pd.csv").write_text("filename\tevent_labels\na_b-c_d_30_40\tClapping\n")
+    audio = (tmp_path / "AVVP_eval_audio.csv").read_text()
+    (tmp_path / "AVVP_eval_audio.csv").write_text(audio + "a_b-c_d_30_40\t0\t3\tClapping\n")
+    media(tmp_path, ["a_b-c_d"])
+    test = load_llp(tmp_path, SHAPE)["test"]
+    assert test.names == ["a_b-c_d"] and test[0]["gt_audio"][24].sum() == 3
+    assert load_llp(tmp_path, SHAPE)["val"].names == ["v3_0_10"]  # the CSV's name, when prepared so
+    for sub in ("frames", "logmel"):
+        (tmp_path / sub / "a_b-c_d.npy").unlink()
+    with pytest.raises(DataError) as err:
+        load_llp(tmp_path, SHAPE)
+    assert str(err.value) == (
+        f"{tmp_path / 'frames/a_b-c_d_30_40.npy'}: missing prepared media file; also looked for "
+        f"{tmp_path / 'frames/a_b-c_d.npy'} (run `bench data prepare`)"
+    )
+
+
 @pytest.mark.parametrize(
     ("file", "text", "match"),
     [
