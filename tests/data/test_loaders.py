@@ -53,6 +53,24 @@ def test_ave_reads_with_and_without_header(tmp_path: Path, header: bool) -> None
     assert data["val"][0]["label"].tolist() == [28] * 9 + [0]
 
 
+def test_ave_keeps_every_row_of_a_repeated_video_and_reports_them_once(tmp_path: Path) -> None:
+    ave_tree(tmp_path, header=False)
+    annotations = (tmp_path / "Annotations.txt").read_text()
+    (tmp_path / "Annotations.txt").write_text(annotations + "Dog barking&vidA&good&0&3\nBanjo&vidC&good&0&2\n")
+    (tmp_path / "testSet.txt").write_text("Dog barking&vidA&good&0&3\n")  # vidA: train and test
+    (tmp_path / "valSet.txt").write_text("Banjo&vidC&good&9&10\nBanjo&vidC&good&0&2\n")  # vidC: twice in val
+    with pytest.warns(DataWarning) as caught:
+        data = load_ave(tmp_path, SHAPE)
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / 'Annotations.txt'}: 2 video ids have more than one row (first 'vidA', lines 1, 4), "
+        "1 of them in more than one split; every row is kept as an annotation of its own"
+    ]
+    assert [len(data[s]) for s in ("train", "val", "test")] == [2, 2, 1]
+    assert data["train"][0]["label"].tolist() == [28, 28, 1, 1, 1, 28, 28, 28, 28, 28]  # vidA: Church bell
+    assert data["test"][0]["label"].tolist() == [2, 2, 2] + [28] * 7  # vidA: Dog barking
+    assert data["val"][1]["label"].tolist() == [0, 0] + [28] * 8
+
+
 @pytest.mark.parametrize(
     ("file", "text", "match"),
     [
