@@ -166,7 +166,7 @@ class AveTask(Task):
     def predictions(self, output: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         return {"pred": output.argmax(-1).detach(), "label": batch["label"]}
 
-    def score(self, preds: dict[str, torch.Tensor]) -> dict[str, float]:
+    def score(self, cfg: AveConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"accuracy": segment_accuracy(preds["pred"], preds["label"])}
 
 

@@ -181,7 +181,7 @@ class AvvpTask(Task):
         preds |= {k: batch[k] for k in ("gt_audio", "gt_visual") if k in batch}
         return preds
 
-    def score(self, preds: dict[str, torch.Tensor]) -> dict[str, float]:
+    def score(self, cfg: AvvpConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:
         if "gt_audio" not in preds:
             raise ValueError("AVVP scoring needs segment ground truth (gt_audio, gt_visual); the train split has none")
         return avvp_scores(

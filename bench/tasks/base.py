@@ -86,8 +86,9 @@ class Task(ABC):
         """Per-sample tensors (predictions and the targets the metric needs), detached."""
 
     @abstractmethod
-    def score(self, preds: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Metric values from the concatenated `predictions` of a whole split."""
+    def score(self, cfg: Any, preds: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metric values from the concatenated `predictions` of a whole split, in the
+        split's order (a protocol may pool consecutive samples)."""
 
     def datasets(self, cfg: Any, shape: DataShape, source: str) -> dict[str, Dataset]:
         if source == "synthetic":
