@@ -113,6 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--dst", type=Path, required=True, help="prepared output directory")
     prep.add_argument("--size", type=int, default=224, help="frame side in pixels")
     prep.add_argument("--mel-bins", type=int, default=64)
+    prep.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="clips decoded at once, one process each (default 1: every worker holds its own torch and decoder, "
+        "and os.cpu_count() counts a host's cores, not a container's or a shared machine's share)",
+    )
 
     pre = sub.add_parser("pretrain", help="pretrain a preset's towers on synthetic primitives (ships for tiny)")
     pre.add_argument("--preset", default="tiny", help=f"one of {', '.join(PRESETS)}")
@@ -358,8 +365,11 @@ def cmd_data(args: argparse.Namespace, console: Console) -> int:
 
     if not args.src.is_dir():
         raise UsageError(f"--src {args.src} is not a directory")
-    prepare(args.dataset, args.src, args.dst, size=args.size, mel_bins=args.mel_bins, console=console)
-    return 0
+    _positive(args, "size", "mel_bins", "workers")
+    report = prepare(
+        args.dataset, args.src, args.dst, size=args.size, mel_bins=args.mel_bins, workers=args.workers, console=console
+    )
+    return 1 if report.failed else 0
 
 
 def _positive(args: argparse.Namespace, *names: str) -> None:
