@@ -3,6 +3,7 @@ appends one record each. A failure ends that run with a status, never the sweep.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from bench.presets import Preset, get_preset
 from bench.pretrain import default_checkpoints
 from bench.registry import METHODS, get_method, get_task, task_names
 from bench.results import ResultsStore, environment, git_state, new_record, run_key, tower_weights
-from bench.tasks.base import DataShape
+from bench.tasks.base import DataShape, Task
 from bench.train import NonFiniteLoss, checkpoints_for, is_main_process, resolve_device, train_run
 
 
@@ -75,27 +76,41 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
     runs = []
     for task_name in plan.tasks:
         task = get_task(task_name)
+        source = plan.source.get(task_name, "synthetic")
         for method in plan.methods:
             for seed in plan.seeds:
                 for extra, tags in candidates:
                     overrides = base + extra
+                    task_cfg = build_section(task.config_cls, task_name, preset.data, overrides)
                     runs.append(
                         ResolvedRun(
                             method=method,
                             task=task_name,
                             preset=preset.name,
-                            source=plan.source.get(task_name, "synthetic"),
+                            source=source,
                             seed=seed,
                             device=plan.device,
                             train=build_section(TrainConfig, "train", preset.train, overrides),
                             measure=build_section(MeasureConfig, "measure", {}, overrides),
                             towers=build_section(TowersConfig, "towers", {}, overrides),
                             method_cfg=build_section(get_method(method).config_cls, method, {}, overrides),
-                            task_cfg=build_section(task.config_cls, task_name, preset.data, overrides),
+                            task_cfg=for_source(task, source, task_cfg, overrides),
                             tags={**plan.tags, **tags},
                         )
                     )
     return runs
+
+
+def for_source(task: Task, source: str, cfg: Any, overrides: list[Override]) -> Any:
+    """`cfg` with the values real data decides (AVE and LLP clips have 10 segments,
+    whatever the preset says), so that the record says what ran. Setting one of them to
+    another value for real data is a usage error."""
+    if source == "synthetic" or not task.real_fixes:
+        return cfg
+    for o in overrides:
+        if o.section == task.name and o.key in task.real_fixes and getattr(cfg, o.key) != task.real_fixes[o.key]:
+            raise ConfigError(f"{o.dotted}={o.value}: real {task.name} data has {o.key}={task.real_fixes[o.key]}")
+    return dataclasses.replace(cfg, **task.real_fixes)
 
 
 class DataCache:

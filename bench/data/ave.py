@@ -62,7 +62,7 @@ def report_repeats(path: Path, rows: list[Row], splits: dict[str, list[Row]]) ->
             in_splits.setdefault(r[2], set()).add(split)
     across = sum(len(in_splits.get(v, ())) > 1 for v in repeated)
     first, first_lines = next(iter(repeated.items()))
-    warn_data(path, f"{len(repeated)} video ids have more than one row (first {first!r}, lines "
+    warn_data(path, f"{len(repeated)} video id(s) with more than one row (first {first!r}, lines "
                     f"{', '.join(map(str, first_lines))}), {across} of them in more than one split; "
                     "every row is kept as an annotation of its own")  # fmt: skip
 

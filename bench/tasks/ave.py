@@ -141,6 +141,7 @@ class AveTask(Task):
     selection_metric = "accuracy"
     metric_keys = ("accuracy",)
     chance = "majority (background) share of segments"
+    real_fixes = {"segments": 10}  # AVE clips: ten 1 s segments
 
     def spec(self, cfg: AveConfig) -> TaskSpec:
         return TaskSpec(self.name, cfg.segments)

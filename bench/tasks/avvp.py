@@ -149,6 +149,7 @@ class AvvpTask(Task):
     selection_metric = "seg_type_av"
     metric_keys = METRIC_KEYS
     chance = "predicting nothing scores 0 on videos with events"
+    real_fixes = {"segments": 10}  # LLP clips: ten 1 s segments
 
     def spec(self, cfg: AvvpConfig) -> TaskSpec:
         return TaskSpec(self.name, cfg.segments)

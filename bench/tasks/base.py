@@ -62,6 +62,7 @@ class Task(ABC):
     selection_metric: ClassVar[str]  # higher is better; chosen on val, never on test
     metric_keys: ClassVar[tuple[str, ...]]
     chance: ClassVar[str] = ""  # human-readable chance level, for reports
+    real_fixes: ClassVar[dict[str, Any]] = {}  # config values the real data decides, whatever the preset says
 
     @abstractmethod
     def spec(self, cfg: Any) -> TaskSpec: ...

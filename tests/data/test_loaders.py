@@ -62,7 +62,7 @@ def test_ave_keeps_every_row_of_a_repeated_video_and_reports_them_once(tmp_path:
     with pytest.warns(DataWarning) as caught:
         data = load_ave(tmp_path, SHAPE)
     assert [str(w.message) for w in caught] == [
-        f"{tmp_path / 'Annotations.txt'}: 2 video ids have more than one row (first 'vidA', lines 1, 4), "
+        f"{tmp_path / 'Annotations.txt'}: 2 video id(s) with more than one row (first 'vidA', lines 1, 4), "
         "1 of them in more than one split; every row is kept as an annotation of its own"
     ]
     assert [len(data[s]) for s in ("train", "val", "test")] == [2, 2, 1]
