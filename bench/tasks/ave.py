@@ -49,7 +49,8 @@ class AveConfig:
 
 
 def _intervals(gen: torch.Generator, n: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = torch.randint(2, t + 1, (n,), generator=gen)
+    """Event intervals [start, end) of 2..t segments (the whole clip when t = 1)."""
+    length = torch.randint(min(2, t), t + 1, (n,), generator=gen)
     start = (torch.rand(n, generator=gen) * (t - length + 1)).long()
     return start, start + length
 
