@@ -73,6 +73,9 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
         if not items:
             raise ConfigError(f"--tune {plan.tune!r}: expected section.key=v1,v2,...")
         candidates = [(parse_overrides([f"{key}={v}"], sections), {"tuned": key, "value": v}) for v in items]
+    for task_name, path in plan.source.items():
+        if path != "synthetic" and not Path(path).is_dir():
+            raise ConfigError(f"--data {task_name}={path}: not a directory")
     runs = []
     for task_name in plan.tasks:
         task = get_task(task_name)

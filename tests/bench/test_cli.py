@@ -129,6 +129,7 @@ def test_records_name_the_weights_each_tower_was_built_from_and_reruns_follow_th
         (["--set", "train.nope=1"], ["unknown key 'nope'", "epochs"]),
         (["--preset", "huge"], ["unknown preset 'huge'", "smoke"]),
         (["--set", "towers.audio=/no/such/tower.pth"], ["towers.audio='/no/such/tower.pth': no such file", "random"]),
+        (["--data", "ave=/no/such/dir"], ["--data ave=/no/such/dir: not a directory"]),
     ],
 )
 def test_bad_usage_exits_2_naming_the_item(args, expected, tmp_path, capsys):
