@@ -2,14 +2,16 @@
 
 Writes `--clips` 10-second clips shaped like downloaded ones: 1280x720 H.264 at 30 fps and
 2.5 Mbit/s (a moving block over a drifting gradient under per-pixel noise, so that the
-encoder spends its bit rate and decoding costs what a real clip's does), stereo AAC at
-44.1 kHz; four distinct clips, copied to make up the number. Then runs the real command,
+encoder spends its bit rate; one slice per frame, as the ffmpeg command line encodes, so
+that decoding takes one core as a downloaded clip's does), stereo AAC at 44.1 kHz; four
+distinct clips, copied to make up the number. `--clip FILE` copies a given clip instead
+(a downloaded one, say). Then runs the real command,
 `python -m bench data prepare ave --workers N`, into a fresh folder `--repeats` times per
 N, alternating the worker counts so that a busy machine slows both alike, and prints each
 wall time, the medians and their ratio. A timing, not a test: the figures depend on the
 machine and on what else runs on it.
 
-    python scripts/time_prepare.py --clips 16 --workers 1,2 --repeats 3 [--work /tmp/prepare-timing]
+    python scripts/time_prepare.py --clips 16 --workers 1,2 --repeats 3 [--clip FILE] [--work /tmp/prepare-timing]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def write_clip(path: Path, seed: int) -> None:
     rng = np.random.default_rng(seed)
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=FPS)
+        video.thread_type = "FRAME"  # one slice per frame, as the ffmpeg command line encodes (PyAV slices by default)
         video.width, video.height, video.pix_fmt, video.bit_rate = WIDTH, HEIGHT, "yuv420p", BIT_RATE
         audio = out.add_stream("aac", rate=SAMPLE_RATE)
         audio.layout = "stereo"
@@ -69,6 +72,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clip", type=Path, default=None, help="copy this clip instead of generating clips")
     parser.add_argument("--work", type=Path, default=None, help="folder for the clips and outputs (default: temp)")
     args = parser.parse_args(argv)
     counts = [int(w) for w in args.workers.split(",")]
@@ -77,9 +81,13 @@ def main(argv: list[str]) -> int:
     src.mkdir(parents=True, exist_ok=True)
     for i in range(args.clips):
         clip = src / f"clip{i:03d}.mp4"
-        if i < DISTINCT and not clip.is_file():
+        if clip.is_file():
+            continue
+        if args.clip is not None:
+            shutil.copyfile(args.clip, clip)
+        elif i < DISTINCT:
             write_clip(clip, seed=i)
-        elif not clip.is_file():
+        else:
             shutil.copyfile(src / f"clip{i % DISTINCT:03d}.mp4", clip)
     times: dict[int, list[float]] = {w: [] for w in counts}
     for r in range(args.repeats):
