@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from rich import box
@@ -15,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.config import ConfigError
+from bench.data.errors import DataWarning
 from bench.presets import PRESETS, get_preset
 from bench.weights import WEIGHTS_DIR
 from mettle_core.interface import UnknownNameError
@@ -115,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--dst", type=Path, required=True, help="prepared output directory")
     prep.add_argument("--size", type=int, default=224, help="frame side in pixels")
     prep.add_argument("--mel-bins", type=int, default=64)
+    prep.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="clips decoded at once, one process each (default 1: every worker holds its own torch and decoder, "
+        "and os.cpu_count() counts a host's cores, not a container's or a shared machine's share)",
+    )
 
     pre = sub.add_parser("pretrain", help="pretrain a preset's towers on synthetic primitives (ships for tiny)")
     pre.add_argument("--preset", default="tiny", help=PRESET_HELP)
@@ -145,10 +155,8 @@ def _add_profile(sub) -> None:
 
 
 def _add_check_budgets(sub) -> None:
-    from bench.budgets import BUDGETS_FILE
-
     chk = sub.add_parser("check-budgets", help="fail (exit 1) when a method's memory exceeds results/budgets.toml")
-    chk.add_argument("--budgets", type=Path, default=BUDGETS_FILE)
+    chk.add_argument("--budgets", type=Path, default=None, help="budgets file (default: results/budgets.toml)")
     chk.add_argument("--presets", type=_csv, default=["smoke", "tiny"])
     chk.add_argument("--methods", type=_csv, default=None, help="comma-separated method names (default: all)")
     chk.add_argument("--update", action="store_true", help="rewrite the budgets with the measured figures")
@@ -406,8 +414,11 @@ def cmd_data(args: argparse.Namespace, console: Console) -> int:
 
     if not args.src.is_dir():
         raise UsageError(f"--src {args.src} is not a directory")
-    prepare(args.dataset, args.src, args.dst, size=args.size, mel_bins=args.mel_bins, console=console)
-    return 0
+    _positive(args, "size", "mel_bins", "workers")
+    report = prepare(
+        args.dataset, args.src, args.dst, size=args.size, mel_bins=args.mel_bins, workers=args.workers, console=console
+    )
+    return 1 if report.failed else 0
 
 
 def _positive(args: argparse.Namespace, *names: str) -> None:
@@ -490,20 +501,21 @@ def cmd_check_budgets(args: argparse.Namespace, console: Console) -> int:
         get_method(name)
     for name in args.presets:
         get_preset(name)
-    if not args.update and not args.budgets.is_file():
-        raise UsageError(f"--budgets {args.budgets} does not exist (create it with --update)")
-    stored, tolerance = budgets.load(args.budgets) if args.budgets.is_file() else ({}, budgets.DEFAULT_TOLERANCE)
+    path = args.budgets or budgets.BUDGETS_FILE  # not the parser's default: bench.budgets imports peft and timm
+    if not args.update and not path.is_file():
+        raise UsageError(f"--budgets {path} does not exist (create it with --update)")
+    stored, tolerance = budgets.load(path) if path.is_file() else ({}, budgets.DEFAULT_TOLERANCE)
     tolerance = tolerance if args.tolerance is None else args.tolerance
     measured = budgets.measure(args.presets, args.methods)
     if args.update:
         for preset, methods in measured.items():
             stored.setdefault(preset, {}).update(methods)
-        budgets.write(args.budgets, stored, tolerance)
-        console.print(f"budgets written to {args.budgets} (tolerance {tolerance})")
+        budgets.write(path, stored, tolerance)
+        console.print(f"budgets written to {path} (tolerance {tolerance})")
         return 0
     excess = budgets.check(measured, stored, tolerance)
     if not excess:
-        console.print(f"all within budget ({args.budgets}, tolerance {tolerance:.0%})")
+        console.print(f"all within budget ({path}, tolerance {tolerance:.0%})")
         return 0
     table = Table("preset", "method", "figure", "measured", "budget", "limit", title="over budget")
     for e in excess:
@@ -536,6 +548,19 @@ COMMANDS = {
 }
 
 
+def _console_warnings(console: Console, default: Callable[..., None]) -> Callable[..., None]:
+    """A `warnings.showwarning` that prints dataset warnings through the console (above any
+    progress bar, without a source line) and leaves every other warning to `default`."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: object) -> None:
+        if issubclass(category, DataWarning):
+            console.print(f"[yellow]warning:[/] {message}")
+        else:
+            default(message, category, filename, lineno, *rest)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -543,7 +568,9 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = shlex.join(["python", "-m", "bench", *argv])
     console = Console(stderr=True)
     try:
-        return COMMANDS[args.command](args, console)
+        with warnings.catch_warnings():
+            warnings.showwarning = _console_warnings(console, warnings.showwarning)
+            return COMMANDS[args.command](args, console)
     except (UsageError, ConfigError, UnknownNameError) as err:
         console.print(f"[red]error:[/] {err}")
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -195,12 +196,13 @@ def write_tables(records: list[dict[str, Any]], out_dir: Path, name: str = "resu
         return summary
     ref = summary.attrs.get("reference")
     ratios = ref and "mem_vs_ref" in summary
-    note = f"\n\nRatios are relative to `{ref}`. Mean ± std over seeds.\n" if ratios else "\n\nMean ± std over seeds.\n"
+    note = f"\n\nRatios are relative to `{ref}`. Mean ± std over seeds." if ratios else "\n\nMean ± std over seeds."
     table = paper_table(summary)
-    _write_formats(table, summary, tables / name, note)
+    _write_formats(table, summary, tables / name, note + avs_protocols(records) + "\n")
     for task, idx in summary.groupby("task", sort=False).groups.items():
         part = summary.loc[idx]
-        _write_formats(paper_table(part, all_metrics=True), part, tables / f"{name}_{task}", note)
+        task_note = note + avs_protocols([r for r in records if r["task"] == task]) + "\n"
+        _write_formats(paper_table(part, all_metrics=True), part, tables / f"{name}_{task}", task_note)
     atomic_write_text(tables / f"{name}.csv", summary.to_csv(index=False))
     write_selection(records, tables / "selection")
     return table
@@ -231,6 +233,18 @@ def write_selection(records: list[dict[str, Any]], stem: Path) -> None:
     )
     atomic_write_text(stem.with_suffix(".md"), markdown(pd.DataFrame(rows)) + note)
     atomic_write_text(stem.with_suffix(".csv"), selection.to_csv(index=False))
+def avs_protocols(records: list[dict[str, Any]]) -> str:
+    """A table note naming the scoring protocol of the finished runs whose task has one
+    (AVS); '' when there are none. Records from before the option scored `per_video`."""
+    used = set()
+    for r in records:
+        fields = {f.name for f in dataclasses.fields(get_task(r["task"]).config_cls)}
+        if r.get("status") == "ok" and "protocol" in fields:
+            cfg = r["config"]["task"]
+            protocol = cfg.get("protocol", "per_video")
+            batches = f" (batches of {cfg['eval_batch_size']} videos)" if protocol == "avsbench" else ""
+            used.add(f"`{protocol}`{batches}")
+    return f" AVS mIoU and F-score: {' and '.join(sorted(used))} protocol." if used else ""
 
 
 def _write_formats(table: pd.DataFrame, summary: pd.DataFrame, stem: Path, note: str) -> None:

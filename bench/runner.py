@@ -3,6 +3,7 @@ appends one record each. A failure ends that run with a status, never the sweep.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.config import (
     BASE_SECTIONS,
+    Override,
     ConfigError,
     MeasureConfig,
     ResolvedRun,
@@ -29,7 +31,7 @@ from bench.plan import Candidate, candidate_label
 from bench.presets import Preset, get_preset
 from bench.registry import METHODS, TASKS, get_method, get_task, task_names
 from bench.results import ResultsStore, environment, git_state, new_record, run_key
-from bench.tasks.base import DataShape
+from bench.tasks.base import DataShape, Task
 from bench.train import NonFiniteLoss, train_run
 from bench.weights import resolve as resolve_weights
 from bench.weights import shipped_files
@@ -97,27 +99,32 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
     sections = all_sections()
     base = parse_overrides(plan.overrides, sections)
     tagged = bool(plan.tune or plan.candidates)
+    for task_name, path in plan.source.items():
+        if path != "synthetic" and not Path(path).is_dir():
+            raise ConfigError(f"--data {task_name}={path}: not a directory")
     runs = []
     for task_name in plan.tasks:
         task = get_task(task_name)
+        source = plan.source.get(task_name, "synthetic")
         for method in plan.methods:
             for seed in plan.seeds:
                 for candidate in plan.candidates_of(method):
                     overrides = base + parse_overrides(list(candidate), sections)
                     tags = {"candidate": candidate_label(candidate)} if tagged else {}
+                    task_cfg = build_section(task.config_cls, task_name, preset.data, overrides)
                     runs.append(
                         ResolvedRun(
                             method=method,
                             task=task_name,
                             preset=preset.name,
-                            source=plan.source.get(task_name, "synthetic"),
+                            source=source,
                             seed=seed,
                             device=plan.device,
                             train=build_section(TrainConfig, "train", preset.train, overrides),
                             measure=build_section(MeasureConfig, "measure", {}, overrides),
                             towers=build_section(TowersConfig, "towers", {}, overrides),
                             method_cfg=build_section(get_method(method).config_cls, method, {}, overrides),
-                            task_cfg=build_section(task.config_cls, task_name, preset.data, overrides),
+                            task_cfg=for_source(task, source, task_cfg, overrides),
                             tags={**plan.tags, **tags},
                         )
                     )
@@ -125,6 +132,18 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
         resolve_weights(preset, run.towers, get_method(run.method).towers, rebuild=False)
         get_method(run.train.budget_reference)
     return runs
+
+
+def for_source(task: Task, source: str, cfg: Any, overrides: list[Override]) -> Any:
+    """`cfg` with the values real data decides (AVE and LLP clips have 10 segments,
+    whatever the preset says), so that the record says what ran. Setting one of them to
+    another value for real data is a usage error."""
+    if source == "synthetic" or not task.real_fixes:
+        return cfg
+    for o in overrides:
+        if o.section == task.name and o.key in task.real_fixes and getattr(cfg, o.key) != task.real_fixes[o.key]:
+            raise ConfigError(f"{o.dotted}={o.value}: real {task.name} data has {o.key}={task.real_fixes[o.key]}")
+    return dataclasses.replace(cfg, **task.real_fixes)
 
 
 class DataCache:

@@ -47,7 +47,9 @@ def iterate(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator) -
         yield from DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
 
 
-def evaluate(model: TaskModel, task: Task, ds: Dataset, batch_size: int, device: torch.device, amp) -> dict[str, float]:
+def evaluate(
+    model: TaskModel, task: Task, cfg: Any, ds: Dataset, batch_size: int, device: torch.device, amp
+) -> dict[str, float]:
     model.eval()
     collected: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad(), amp():
@@ -57,10 +59,11 @@ def evaluate(model: TaskModel, task: Task, ds: Dataset, batch_size: int, device:
             for k, v in task.predictions(out, batch).items():
                 collected.setdefault(k, []).append(v)
     return task.score(
+        cfg,
         {
             k: torch.cat(v).float().cpu() if v[0].is_floating_point() else torch.cat(v).cpu()
             for k, v in collected.items()
-        }
+        },
     )
 
 
@@ -113,7 +116,7 @@ def train_run(
                 break
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} after epoch {epoch}")
-        val = evaluate(model, task, datasets["val"], cfg.batch_size, device, amp)[task.selection_metric]
+        val = evaluate(model, task, run.task_cfg, datasets["val"], cfg.batch_size, device, amp)[task.selection_metric]
         history.append(val)
         if val > best:
             best, best_epoch = val, epoch
@@ -121,7 +124,7 @@ def train_run(
         epoch += 1
     assert best_state is not None
     model.load_state_dict(best_state, strict=False)
-    metrics = evaluate(model, task, datasets["test"], cfg.batch_size, device, amp)
+    metrics = evaluate(model, task, run.task_cfg, datasets["test"], cfg.batch_size, device, amp)
     metrics["val_" + task.selection_metric] = best
     measured = run.measure.enabled and is_main_process()  # other ranks' records are dropped
     efficiency = measure_model(model, task, run, datasets["train"], device, amp) if measured else {}

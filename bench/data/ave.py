@@ -7,6 +7,8 @@ Layout of `root`:
         (see bench.data.media; written by `bench data prepare ave`)
 Categories are indexed by sorted name (Annotations.txt lists all 28); background is 28.
 A segment t with start <= t < end carries the category.
+Every row is a sample of its own: the release lists 45 videos more than once with other
+labels, some of them in two splits; they are kept (not deduplicated) and counted in one warning.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from bench.data.errors import DataError
+from bench.data.errors import DataError, warn_data
 from bench.data.media import PreparedAVDataset, parse_time, read_lines
 from bench.tasks.base import DataShape
 
@@ -45,17 +47,39 @@ def read_annotations(path: Path) -> list[Row]:
     return rows
 
 
+def report_repeats(path: Path, rows: list[Row], splits: dict[str, list[Row]]) -> None:
+    """Warn once about the videos with more than one row in `path`, and say how many of
+    them the split files put in more than one split."""
+    lines: dict[str, list[int]] = {}
+    for line, _, video, _, _ in rows:
+        lines.setdefault(video, []).append(line)
+    repeated = {v: ls for v, ls in lines.items() if len(ls) > 1}
+    if not repeated:
+        return
+    in_splits: dict[str, set[str]] = {}
+    for split, split_rows in splits.items():
+        for r in split_rows:
+            in_splits.setdefault(r[2], set()).add(split)
+    across = sum(len(in_splits.get(v, ())) > 1 for v in repeated)
+    first, first_lines = next(iter(repeated.items()))
+    warn_data(path, f"{len(repeated)} video id(s) with more than one row (first {first!r}, lines "
+                    f"{', '.join(map(str, first_lines))}), {across} of them in more than one split; "
+                    "every row is kept as an annotation of its own")  # fmt: skip
+
+
 def load_ave(root: Path, shape: DataShape) -> dict[str, Dataset]:
     """The three AVE splits with a segment `label` [10] target (29 classes)."""
-    categories = sorted({r[1] for r in read_annotations(root / "Annotations.txt")})
+    annotations = read_annotations(root / "Annotations.txt")
+    categories = sorted({r[1] for r in annotations})
     if len(categories) > NUM_EVENTS:
         raise DataError(root / "Annotations.txt", f"expected at most {NUM_EVENTS} categories, got {len(categories)}")
     index = {c: i for i, c in enumerate(categories)}
     seg = torch.arange(SEGMENTS)
+    splits = {split: read_annotations(root / name) for split, name in SPLIT_FILES.items()}
+    report_repeats(root / "Annotations.txt", annotations, splits)
     out: dict[str, Dataset] = {}
-    for split, name in SPLIT_FILES.items():
-        path = root / name
-        rows = read_annotations(path)
+    for split, rows in splits.items():
+        path = root / SPLIT_FILES[split]
         labels = []
         for line, cat, _, start, end in rows:
             if cat not in index:

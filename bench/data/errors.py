@@ -1,7 +1,8 @@
-"""The one error type for bad dataset files, so that the CLI can report it plainly."""
+"""The error and warning types for dataset files, so that the CLI can report them plainly."""
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 
@@ -13,3 +14,13 @@ class DataError(ValueError):
         super().__init__(f"{where}: {problem}")
         self.path = Path(path)
         self.line = line
+
+
+class DataWarning(UserWarning):
+    """A quirk of a released dataset file that the loader works around; the CLI prints
+    it through its console, so that it does not tear a progress display."""
+
+
+def warn_data(path: Path | str, problem: str) -> None:
+    """One warning naming the file; Python shows the same text only once per process."""
+    warnings.warn(DataWarning(f"{path}: {problem}"), stacklevel=3)

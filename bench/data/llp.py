@@ -3,10 +3,15 @@
 Layout of `root` (tab-separated CSVs with a header, as released):
     AVVP_train.csv, AVVP_val_pd.csv, AVVP_test_pd.csv      filename  event_labels (comma-joined)
     AVVP_eval_audio.csv, AVVP_eval_visual.csv              filename  onset  offset  event_labels
-    frames/{filename}.npy  uint8 [10, H, W, 3];  logmel/{filename}.npy  float32 [10, F, W]
+    frames/{name}.npy  uint8 [10, H, W, 3];  logmel/{name}.npy  float32 [10, F, W]
+where {name} is the CSV's `{YouTubeID}_{start}_{end}` or the bare YouTube id (the
+official download script saves `{YouTubeID}.mp4`, and `bench data prepare` names the
+media after the clip's file).
 Targets: `label` [25] video-level (every split); val and test also carry the
 segment ground truth `gt_audio`, `gt_visual` [25, 10] (ones on [onset, offset)).
-Rows with onset == offset (present in the release) mark no segment.
+Rows with onset == offset mark no segment; so do rows whose offset is before their
+onset (AVVP_eval_audio.csv line 3770 in the release), as the official evaluation's
+`GT[c, onset:offset] = 1` leaves them empty.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
-from bench.data.errors import DataError
+from bench.data.errors import DataError, warn_data
 from bench.data.media import PreparedAVDataset, parse_time, read_lines
 from bench.tasks.avvp import LLP_CLASSES, NUM_CLASSES
 from bench.tasks.base import DataShape
@@ -49,21 +54,48 @@ def _class(name: str, path: Path, line: int) -> int:
     return INDEX[name]
 
 
-def _segment_gt(path: Path, videos: dict[str, int]) -> torch.Tensor:
-    """Binary [len(videos), 25, 10] ground truth of the listed videos from an eval CSV."""
-    gt = torch.zeros(len(videos), NUM_CLASSES, SEGMENTS, dtype=torch.bool)
+Event = tuple[int, int, int]  # class, first segment, end segment (exclusive)
+
+
+def _events(path: Path) -> dict[str, list[Event]]:
+    """The events of each video in an eval CSV. Rows whose offset is before their onset
+    are checked, left out (they mark no segment) and reported in one warning."""
+    events: dict[str, list[Event]] = {}
+    backwards = []
     for line, (name, onset, offset, label) in _table(path, ("filename", "onset", "offset", "event_labels")):
         start = parse_time(onset, path, line, "onset", SEGMENTS)
         end = parse_time(offset, path, line, "offset", SEGMENTS)
-        if start != int(start) or end != int(end) or end < start:
-            raise DataError(path, f"expected integer seconds with onset <= offset, got {onset!r}, {offset!r}", line)
+        if start != int(start) or end != int(end):
+            raise DataError(path, f"expected integer seconds, got onset {onset!r}, offset {offset!r}", line)
         c = _class(label, path, line)
-        if name in videos:
-            gt[videos[name], c, int(start) : int(end)] = True
+        if end < start:
+            backwards.append(line)
+            continue
+        events.setdefault(name, []).append((c, int(start), int(end)))
+    if backwards:
+        warn_data(path, f"{len(backwards)} row(s) with offset before onset mark no segment, as in the official "
+                        f"evaluation (line(s) {', '.join(map(str, backwards))})")  # fmt: skip
+    return events
+
+
+def _segment_gt(events: dict[str, list[Event]], videos: list[str]) -> torch.Tensor:
+    """Binary [len(videos), 25, 10] ground truth of the listed videos."""
+    gt = torch.zeros(len(videos), NUM_CLASSES, SEGMENTS, dtype=torch.bool)
+    for i, name in enumerate(videos):
+        for c, start, end in events.get(name, []):
+            gt[i, c, start:end] = True
     return gt
 
 
+def youtube_id(filename: str) -> tuple[str, ...]:
+    """The bare YouTube id of a `{YouTubeID}_{start}_{end}` name (ids may hold `_`), or none."""
+    head, *times = filename.rsplit("_", 2)
+    return (head,) if len(times) == 2 and all(t.isdigit() for t in times) else ()
+
+
 def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
+    audio_events = _events(root / "AVVP_eval_audio.csv")
+    visual_events = _events(root / "AVVP_eval_visual.csv")
     out: dict[str, Dataset] = {}
     for split, name in SPLIT_FILES.items():
         path = root / name
@@ -75,8 +107,7 @@ def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
                 label[i, _class(c.strip(), path, line)] = 1.0
         targets = {"label": label}
         if split != "train":
-            index = {v: i for i, v in enumerate(videos)}
-            targets["gt_audio"] = _segment_gt(root / "AVVP_eval_audio.csv", index)
-            targets["gt_visual"] = _segment_gt(root / "AVVP_eval_visual.csv", index)
-        out[split] = PreparedAVDataset(root, videos, targets, shape, SEGMENTS)
+            targets["gt_audio"] = _segment_gt(audio_events, videos)
+            targets["gt_visual"] = _segment_gt(visual_events, videos)
+        out[split] = PreparedAVDataset(root, videos, targets, shape, SEGMENTS, aliases=youtube_id)
     return out

@@ -10,6 +10,7 @@ mel_frames) when they differ and standardised with fixed constants.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -55,24 +56,41 @@ def load_array(path: Path, shape: tuple[int | None, ...], dtype: type) -> np.nda
     return x.astype(dtype, copy=False)
 
 
+def media_name(root: Path, names: tuple[str, ...]) -> str:
+    """The first of `names` whose frames and log-mel are both prepared under `root`;
+    else DataError naming the missing file of every candidate."""
+    missing = []
+    for name in names:
+        absent = [p for p in (root / "frames" / f"{name}.npy", root / "logmel" / f"{name}.npy") if not p.is_file()]
+        if not absent:
+            return name
+        missing.append(absent[0])
+    also = f"; also looked for {', '.join(map(str, missing[1:]))}" if len(missing) > 1 else ""
+    raise DataError(missing[0], f"missing prepared media file{also} (run `bench data prepare`)")
+
+
 class PreparedAVDataset(Dataset):
     """Videos read lazily from the prepared layout; targets held as tensors [N, ...].
-    Items have the keys of the synthetic TensorAVDataset items."""
+    Items have the keys of the synthetic TensorAVDataset items. `aliases` gives the
+    other names a video's media may be stored under (tried after the video's own)."""
 
     def __init__(
-        self, root: Path, videos: list[str], targets: dict[str, torch.Tensor], shape: DataShape, segments: int
+        self,
+        root: Path,
+        videos: list[str],
+        targets: dict[str, torch.Tensor],
+        shape: DataShape,
+        segments: int,
+        aliases: Callable[[str], tuple[str, ...]] = lambda video: (),
     ) -> None:
-        self.root, self.videos, self.targets, self.shape, self.segments = root, videos, targets, shape, segments
-        for v in videos:  # fail early, naming the first missing file
-            for sub in ("frames", "logmel"):
-                if not (root / sub / f"{v}.npy").is_file():
-                    raise DataError(root / sub / f"{v}.npy", "missing prepared media file (run `bench data prepare`)")
+        self.root, self.targets, self.shape, self.segments = root, targets, shape, segments
+        self.names = [media_name(root, (v, *aliases(v))) for v in videos]  # fail early, naming the missing files
 
     def __len__(self) -> int:
-        return len(self.videos)
+        return len(self.names)
 
     def __getitem__(self, i: int) -> Batch:
-        v, t = self.videos[i], self.segments
+        v, t = self.names[i], self.segments
         frames = load_array(self.root / "frames" / f"{v}.npy", (t, None, None, 3), np.uint8)
         logmel = load_array(self.root / "logmel" / f"{v}.npy", (t, None, None), np.float32)
         return {

@@ -10,17 +10,22 @@ lists for AVE, the AVVP_*.csv files for LLP) to `dst`.
 it copies the meta CSVs, visual_frames and gt_masks, and recomputes each clip's
 audio_log_mel/.../{video}.pkl from audio_wav with the same log-mel, as a pickled
 tensor [5, 1, 100, mel_bins] (the release's time-major layout).
+Each clip is one `ClipJob`, run by `run_clip` in one of `workers` processes.
 Outputs are written atomically (temporary file, then os.replace), finished outputs
-are skipped on a rerun, and a file that cannot be decoded is skipped with its reason.
+are skipped on a rerun, and a file that cannot be decoded fails with its reason
+(the other clips go on; the report lists the failures).
 """
 
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import pickle
 import shutil
+import signal
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,7 +35,7 @@ import numpy as np
 import torch
 from PIL import Image
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi")
 ANNOTATIONS = {
@@ -43,11 +48,36 @@ HOP_S, WIN_S = 0.010, 0.025
 
 @dataclass
 class PrepareReport:
-    """What a `prepare` call did: counts and the (file, reason) of every skipped input."""
+    """What a `prepare` call did: counts and the (file, reason) of every input that failed."""
 
     prepared: int = 0
     already_done: int = 0
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class MediaSpec:
+    """What every clip of a dataset becomes: segments, frame side and audio settings."""
+
+    segments: int
+    size: int
+    sample_rate: int
+    mel_bins: int
+
+
+@dataclass(frozen=True)
+class ClipJob:
+    """One raw clip and the files it yields (by role). `work` is a module-level function
+    of the job, so that the job pickles into a worker process; what is stored per clip
+    is `work`'s business alone."""
+
+    source: Path
+    outputs: dict[str, Path]
+    work: Callable[[ClipJob], None]
+    spec: MediaSpec
+
+    def done(self) -> bool:
+        return all(p.is_file() for p in self.outputs.values())
 
 
 def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
@@ -138,23 +168,46 @@ def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
     return write
 
 
-def _jobs_videos(dataset: str, src: Path, dst: Path, size: int, sample_rate: int, mel_bins: int) -> list:
-    """One job per raw video: (name, outputs, work)."""
-    t = SEGMENTS[dataset]
-    jobs = []
-    for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES):
-        frames_out, mel_out = dst / "frames" / f"{path.stem}.npy", dst / "logmel" / f"{path.stem}.npy"
-
-        def work(path: Path = path, frames_out: Path = frames_out, mel_out: Path = mel_out) -> None:
-            frames, audio = decode_video(path, t, size, sample_rate)
-            atomic_write(mel_out, _save_npy(segment_log_mels(audio, t, sample_rate, mel_bins)))
-            atomic_write(frames_out, _save_npy(frames))
-
-        jobs.append((path, (frames_out, mel_out), work))
-    return jobs
+def video_clip(job: ClipJob) -> None:
+    """AVE / LLP: one frame and one log-mel per segment of a video."""
+    t = job.spec
+    frames, audio = decode_video(job.source, t.segments, t.size, t.sample_rate)
+    atomic_write(job.outputs["logmel"], _save_npy(segment_log_mels(audio, t.segments, t.sample_rate, t.mel_bins)))
+    atomic_write(job.outputs["frames"], _save_npy(frames))
 
 
-def _jobs_avsbench(src: Path, dst: Path, sample_rate: int, mel_bins: int) -> list:
+def wav_clip(job: ClipJob) -> None:
+    """AVSBench: the release's pickled log-mel tensor [segments, 1, 100, mel_bins] of a wav."""
+    t = job.spec
+    with av.open(str(job.source)) as container:
+        audio = decode_audio(container, t.sample_rate)
+    mel = torch.from_numpy(segment_log_mels(audio, t.segments, t.sample_rate, t.mel_bins)).transpose(1, 2)[:, None]
+
+    def write(p: Path) -> None:
+        with p.open("wb") as f:
+            pickle.dump(mel.contiguous(), f)
+
+    atomic_write(job.outputs["logmel"], write)
+
+
+def run_clip(job: ClipJob) -> str | None:
+    """Run one job: None, or the reason the clip could not be prepared."""
+    try:
+        job.work(job)
+    except (av.FFmpegError, ValueError, OSError) as e:
+        return str(e) or type(e).__name__
+    return None
+
+
+def _jobs_videos(src: Path, dst: Path, spec: MediaSpec) -> list[ClipJob]:
+    """One job per raw video, named after its file."""
+    return [
+        ClipJob(path, {sub: dst / sub / f"{path.stem}.npy" for sub in ("frames", "logmel")}, video_clip, spec)
+        for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
+    ]
+
+
+def _jobs_avsbench(src: Path, dst: Path, spec: MediaSpec) -> list[ClipJob]:
     """Copy the release's frames, masks and meta; one job per audio_wav clip."""
     jobs = []
     for folder, meta, data in (("Single-source", "s4_meta_data.csv", "s4_data"),
@@ -169,20 +222,15 @@ def _jobs_avsbench(src: Path, dst: Path, sample_rate: int, mel_bins: int) -> lis
         wav_root = src / folder / data / "audio_wav"
         for wav in sorted(wav_root.rglob("*.wav")):
             out = dst / folder / data / "audio_log_mel" / wav.relative_to(wav_root).with_suffix(".pkl")
-
-            def work(wav: Path = wav, out: Path = out) -> None:
-                with av.open(str(wav)) as container:
-                    audio = decode_audio(container, sample_rate)
-                mel = torch.from_numpy(segment_log_mels(audio, 5, sample_rate, mel_bins)).transpose(1, 2)[:, None]
-
-                def write(p: Path) -> None:
-                    with p.open("wb") as f:
-                        pickle.dump(mel.contiguous(), f)
-
-                atomic_write(out, write)
-
-            jobs.append((wav, (out,), work))
+            jobs.append(ClipJob(wav, {"logmel": out}, wav_clip, spec))
     return jobs
+
+
+def _init_worker() -> None:
+    """Workers leave Ctrl-C to the parent, which cancels the clips not started, and use
+    one thread each: the parallelism is the processes'."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
 
 
 def prepare(
@@ -193,43 +241,54 @@ def prepare(
     size: int = 224,
     mel_bins: int = 64,
     sample_rate: int = 16000,
+    workers: int = 1,
     console: Console | None = None,
 ) -> PrepareReport:
-    """Prepare `dataset` from the raw directory `src` into `dst` (see the module doc);
-    resumable. Returns the counts and the skipped files with their reasons."""
+    """Prepare `dataset` from the raw directory `src` into `dst` (see the module doc) in
+    `workers` processes; resumable. Returns the counts and the failed clips with their reasons."""
     if dataset not in SEGMENTS:
         raise ValueError(f"dataset must be one of {', '.join(SEGMENTS)}, got {dataset!r}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"source directory {src} does not exist")
     console = console or Console(stderr=True)
     dst.mkdir(parents=True, exist_ok=True)
+    spec = MediaSpec(SEGMENTS[dataset], size, sample_rate, mel_bins)
     if dataset == "avsbench":
-        jobs = _jobs_avsbench(src, dst, sample_rate, mel_bins)
+        jobs = _jobs_avsbench(src, dst, spec)
     else:
         for name in ANNOTATIONS[dataset]:
             found = sorted(src.rglob(name))
             if found:
                 atomic_write(dst / name, lambda p, s=found[0]: shutil.copyfile(s, p))
-        jobs = _jobs_videos(dataset, src, dst, size, sample_rate, mel_bins)
-    report = PrepareReport()
-    with Progress(console=console, transient=True) as progress:
-        bar = progress.add_task(f"prepare {dataset}", total=len(jobs))
-        for path, outputs, work in jobs:
-            if all(o.is_file() for o in outputs):
-                report.already_done += 1
-            else:
-                try:
-                    work()
+        jobs = _jobs_videos(src, dst, spec)
+    pending = [job for job in jobs if not job.done()]
+    report = PrepareReport(already_done=len(jobs) - len(pending))
+    # fork: a worker starts at once instead of importing torch again (seconds each)
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    try:
+        futures = {pool.submit(run_clip, job): job for job in pending}  # forks before the progress thread starts
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
+        with Progress(*columns, console=console, transient=True) as progress:
+            bar = progress.add_task(f"prepare {dataset}", total=len(jobs), completed=report.already_done)
+            for future in as_completed(futures):
+                reason = future.result()
+                if reason is None:
                     report.prepared += 1
-                except (av.FFmpegError, ValueError, OSError) as e:
-                    reason = str(e) or type(e).__name__
-                    report.skipped.append((str(path), reason))
-                    console.print(f"[yellow]warning:[/] skipped {path}: {reason}")
-            progress.advance(bar)
+                else:
+                    report.failed.append((str(futures[future].source), reason))
+                    console.print(f"[red]failed[/] {futures[future].source}: {reason}")
+                progress.advance(bar)
+    finally:
+        pool.shutdown(cancel_futures=True)
+    report.failed.sort()
     console.print(
-        f"{dataset}: {report.prepared} prepared, {report.already_done} already done, {len(report.skipped)} skipped"
+        f"{dataset}: {report.prepared} prepared, {report.already_done} already done, {len(report.failed)} failed"
     )
-    for path, reason in report.skipped:
-        console.print(f"  skipped {path}: {reason}")
+    for path, reason in report.failed:
+        console.print(f"  [red]failed[/] {path}: {reason}")
     return report

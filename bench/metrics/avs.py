@@ -1,14 +1,19 @@
-"""Audio-visual segmentation (AVSBench) metrics, as DESIGN section 7 and the
-AVSBench reference evaluation.
+"""Audio-visual segmentation (AVSBench) metrics, under two protocols.
 
 mIoU: pred = sigmoid(logit) > 0.5; per frame intersection over union; a frame
 whose ground truth is empty scores its correctly predicted background pixels
-over H*W instead; mean over frames.
+over H*W instead.
 F-score: beta^2 = 0.3 over 255 thresholds linspace(0, 1 - 1e-10, 255) (float32,
-as the reference); frames with empty ground truth are skipped; per video the F
-curve is averaged over its remaining frames and maximised over thresholds; mean
-over videos. A video with no non-empty frame has no F curve and is left out (the
-reference code would count it as 0).
+as the reference); a group of frames has one F curve, the mean of the curves of
+its frames with non-empty ground truth, maximised over thresholds.
+
+`avsbench` (the published numbers): AVSBench's released test script (test.sh,
+test batch size 4, no shuffling) scores each batch of consecutive videos once:
+the batch's mean frame IoU, and the F of all its frames pooled; a batch whose
+every mask is empty scores F = 0. Both are then averaged over batches, so that
+the batch size changes the result. `per_video`: mIoU is the mean over all frames;
+F is taken per video and averaged over videos, a video without a non-empty mask
+left out.
 """
 
 from __future__ import annotations
@@ -63,18 +68,35 @@ def frame_f_curves(logits: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     return torch.nan_to_num(f, nan=0.0)
 
 
+def pooled_f(logits: torch.Tensor, gt: torch.Tensor) -> float | None:
+    """The F of frames [M, H, W] pooled: the best threshold of their mean F curve, over
+    the frames with non-empty ground truth; None when there are none."""
+    nonempty = gt.flatten(1).bool().any(-1)
+    if not nonempty.any():
+        return None
+    return frame_f_curves(logits[nonempty], gt[nonempty]).mean(0).max().item()
+
+
 def fscore(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor | None = None) -> float:
-    """F-score (percent) of logits and ground truth [V, T, H, W]; frames outside
-    `valid` [V, T] or with empty ground truth are skipped."""
-    v = gt.shape[0]
-    keep = gt.flatten(2).bool().any(-1)
-    if valid is not None:
-        keep &= valid.bool()
-    scores = []
-    for i in range(v):
-        if keep[i].any():
-            curves = frame_f_curves(logits[i][keep[i]], gt[i][keep[i]])
-            scores.append(curves.mean(0).max())
-    if not scores:
-        return 0.0
-    return 100.0 * torch.stack(scores).mean().item()
+    """Per-video F-score (percent) of logits and ground truth [V, T, H, W], over the
+    frames marked in `valid` [V, T]; videos without a non-empty mask are left out."""
+    keep = torch.ones(gt.shape[:2], dtype=torch.bool) if valid is None else valid.bool()
+    scores = [f for i in range(gt.shape[0]) if (f := pooled_f(logits[i][keep[i]], gt[i][keep[i]])) is not None]
+    return 100.0 * sum(scores) / len(scores) if scores else 0.0
+
+
+def _mean(values: list[float]) -> float:
+    return torch.tensor(values, dtype=torch.float64).mean().item()  # NaN for an empty split, as `miou`
+
+
+def avsbench_scores(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """mIoU and F-score (percent) as AVSBench's test script computes them: one value per
+    batch of `batch_size` consecutive videos [V, T, H, W] (frames marked in `valid`
+    [V, T]), F = 0 for a batch without a non-empty mask, then the mean over batches."""
+    mious, fs = [], []
+    for s in range(0, gt.shape[0], batch_size):
+        keep = valid[s : s + batch_size].bool()
+        batch_logits, batch_gt = logits[s : s + batch_size][keep], gt[s : s + batch_size][keep]
+        mious.append(frame_iou(batch_logits, batch_gt).mean().item())
+        fs.append(pooled_f(batch_logits, batch_gt) or 0.0)
+    return {"miou": 100.0 * _mean(mious), "fscore": 100.0 * _mean(fs)}

@@ -48,7 +48,8 @@ class AveConfig:
 
 
 def _intervals(gen: torch.Generator, n: int, t: int) -> tuple[torch.Tensor, torch.Tensor]:
-    length = torch.randint(2, t + 1, (n,), generator=gen)
+    """Event intervals [start, end) of 2..t segments (the whole clip when t = 1)."""
+    length = torch.randint(min(2, t), t + 1, (n,), generator=gen)
     start = (torch.rand(n, generator=gen) * (t - length + 1)).long()
     return start, start + length
 
@@ -139,6 +140,7 @@ class AveTask(Task):
     selection_metric = "accuracy"
     metric_keys = ("accuracy",)
     chance = "majority (background) share of segments"
+    real_fixes = {"segments": 10}  # AVE clips: ten 1 s segments
 
     def spec(self, cfg: AveConfig) -> TaskSpec:
         return TaskSpec(self.name, cfg.segments)
@@ -164,7 +166,7 @@ class AveTask(Task):
     def predictions(self, output: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
         return {"pred": output.argmax(-1).detach(), "label": batch["label"]}
 
-    def score(self, preds: dict[str, torch.Tensor]) -> dict[str, float]:
+    def score(self, cfg: AveConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"accuracy": segment_accuracy(preds["pred"], preds["label"])}
 
 

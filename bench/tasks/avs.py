@@ -5,14 +5,16 @@ S4 train split supervises only the first frame (as AVSBench): a `frame_weight`
 [N, T] target marks the supervised frames. One mask decoder serves every method.
 The head returns logits at the finest map's resolution; `loss` and `predictions`
 upsample them to the mask (input frame) size, so the head needs no image size.
-Metrics: mIoU (selection) and F-score, see bench.metrics.avs.
+Metrics: mIoU (selection) and F-score, pooled as AVSBench's released test script
+pools them (`protocol = avsbench`, batches of `eval_batch_size` consecutive videos) or
+per video (`per_video`); see bench.metrics.avs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,16 +22,17 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from bench.data.synthetic import MAX_CLASSES, render_audio, render_visual
-from bench.metrics.avs import fscore, miou
+from bench.metrics.avs import avsbench_scores, fscore, miou
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
-from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
+from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, validate_config
 
 FRAMES = 5
 
 
 @dataclass
 class AvsConfig:
-    """Synthetic AVS sizes and difficulty (real data ignores the sizes) and the decoder."""
+    """Synthetic AVS sizes and difficulty (real data ignores the sizes), the decoder and
+    the scoring protocol."""
 
     num_train: int = 300
     num_val: int = 100
@@ -40,9 +43,12 @@ class AvsConfig:
     offscreen: float = 0.0  # chance per frame that the sounding objects are out of view
     noise: float = 0.15
     head_width: int = 64
+    protocol: Literal["avsbench", "per_video"] = "avsbench"  # how val/test frames are pooled (bench.metrics.avs)
+    eval_batch_size: int = 4  # videos per pooled batch under `avsbench` (its test.sh: --test_batch_size 4)
 
     def __post_init__(self) -> None:
-        for name in ("num_train", "num_val", "num_test", "objects", "max_sources", "head_width"):
+        validate_config(self)
+        for name in ("num_train", "num_val", "num_test", "objects", "max_sources", "head_width", "eval_batch_size"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{type(self).__name__}.{name} must be > 0, got {getattr(self, name)}")
         if self.max_sources > self.objects:
@@ -169,8 +175,10 @@ class _AvsTask(Task):
         logits = full_resolution(output.detach(), batch["mask"].shape[-2:])
         return {"logits": logits, "mask": batch["mask"], "frame_weight": batch["frame_weight"]}
 
-    def score(self, preds: dict[str, torch.Tensor]) -> dict[str, float]:
+    def score(self, cfg: AvsConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:
         valid = preds["frame_weight"] > 0
+        if cfg.protocol == "avsbench":
+            return avsbench_scores(preds["logits"], preds["mask"], valid, cfg.eval_batch_size)
         return {
             "miou": miou(preds["logits"], preds["mask"], valid),
             "fscore": fscore(preds["logits"], preds["mask"], valid),

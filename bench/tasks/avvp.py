@@ -147,6 +147,7 @@ class AvvpTask(Task):
     selection_metric = "seg_type_av"
     metric_keys = METRIC_KEYS
     chance = "predicting nothing scores 0 on videos with events"
+    real_fixes = {"segments": 10}  # LLP clips: ten 1 s segments
 
     def spec(self, cfg: AvvpConfig) -> TaskSpec:
         return TaskSpec(self.name, cfg.segments)
@@ -179,7 +180,7 @@ class AvvpTask(Task):
         preds |= {k: batch[k] for k in ("gt_audio", "gt_visual") if k in batch}
         return preds
 
-    def score(self, preds: dict[str, torch.Tensor]) -> dict[str, float]:
+    def score(self, cfg: AvvpConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:
         if "gt_audio" not in preds:
             raise ValueError("AVVP scoring needs segment ground truth (gt_audio, gt_visual); the train split has none")
         return avvp_scores(

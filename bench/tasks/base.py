@@ -61,6 +61,7 @@ class Task(ABC):
     selection_metric: ClassVar[str]  # higher is better; chosen on val, never on test
     metric_keys: ClassVar[tuple[str, ...]]
     chance: ClassVar[str] = ""  # human-readable chance level, for reports
+    real_fixes: ClassVar[dict[str, Any]] = {}  # config values the real data decides, whatever the preset says
 
     @abstractmethod
     def spec(self, cfg: Any) -> TaskSpec: ...
@@ -85,8 +86,9 @@ class Task(ABC):
         """Per-sample tensors (predictions and the targets the metric needs), detached."""
 
     @abstractmethod
-    def score(self, preds: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Metric values from the concatenated `predictions` of a whole split."""
+    def score(self, cfg: Any, preds: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Metric values from the concatenated `predictions` of a whole split, in the
+        split's order (a protocol may pool consecutive samples)."""
 
     def datasets(self, cfg: Any, shape: DataShape, source: str) -> dict[str, Dataset]:
         if source == "synthetic":

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -141,6 +142,7 @@ def test_records_name_the_weights_each_tower_was_built_from_and_reruns_follow_th
         (["--set", "train.nope=1"], ["unknown key 'nope'", "epochs"]),
         (["--preset", "huge"], ["unknown preset 'huge'", "smoke"]),
         (["--set", "towers.audio=/no/such/tower.pth"], ["towers.audio='/no/such/tower.pth': no such file", "random"]),
+        (["--data", "ave=/no/such/dir"], ["--data ave=/no/such/dir: not a directory"]),
     ],
 )
 def test_bad_usage_exits_2_naming_the_item(args, expected, tmp_path, capsys):
@@ -150,6 +152,41 @@ def test_bad_usage_exits_2_naming_the_item(args, expected, tmp_path, capsys):
     for text in expected:
         assert text in err
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+def prepared_ave(root: Path) -> Path:
+    """A prepared AVE tree, release format: 10-segment media; vidA has two rows, in train and test."""
+    rows = [
+        "Church bell&vidA&good&2&5",
+        "Dog barking&vidB&good&0&10",
+        "Banjo&vidC&good&9&10",
+        "Dog barking&vidA&good&0&3",
+    ]
+    for name, lines in (("Annotations.txt", rows), ("trainSet.txt", rows[:2]), ("valSet.txt", rows[2:3]),
+                        ("testSet.txt", rows[3:])):  # fmt: skip
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("".join(f"{r}\n" for r in lines))
+    for sub, shape, dtype in (("frames", (10, 24, 24, 3), np.uint8), ("logmel", (10, 64, 100), np.float32)):
+        (root / sub).mkdir()
+        for video in ("vidA", "vidB", "vidC"):
+            np.save(root / sub / f"{video}.npy", np.zeros(shape, dtype))
+    return root
+
+
+def test_a_real_data_run_records_the_clips_segment_count_not_the_presets(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")  # one console line per message
+    data = prepared_ave(tmp_path / "ave")
+    run = ["run", "--methods", "frozen", "--tasks", "ave", "--preset", "tiny", "--device", "cpu"]
+    run += ["--data", f"ave={data}", "--set", "train.epochs=1", "--set", "measure.enabled=false"]
+    assert get_preset("tiny").data["segments"] == 5
+    assert main([*run, "--out", str(tmp_path / "out")]) == 0
+    (record,) = _records(tmp_path / "out")
+    assert record["status"] == "ok" and record["config"]["task"]["segments"] == 10
+    err = capsys.readouterr().err
+    assert err.count(f"warning: {data / 'Annotations.txt'}: 1 video id(s) with more than one row") == 1
+    assert main([*run, "--set", "ave.segments=5", "--out", str(tmp_path / "bad")]) == 2
+    assert "ave.segments=5: real ave data has segments=10" in capsys.readouterr().err
+    assert not (tmp_path / "bad" / "runs.jsonl").exists()
 
 
 def test_sigkill_mid_run_keeps_finished_records_and_rerun_completes(tmp_path):

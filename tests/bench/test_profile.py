@@ -108,6 +108,12 @@ def test_sweep_gives_one_record_per_point(tmp_path):
     assert (tmp_path / "profile.png").exists()
 
 
+def test_one_segment_profiles_on_ave(tmp_path):
+    assert main([*PROFILE, "--methods", "mettle", "--segments", "1", "--out", str(tmp_path)]) == 0
+    records = ResultsStore(tmp_path, "profile.jsonl").load().records
+    assert [(r["method"], r["status"], r["segments"]) for r in records] == [("mettle", "ok", 1)]
+
+
 def test_budget_reports_the_largest_batch_on_cpu(tmp_path):
     assert main([*PROFILE, "--methods", "mettle", "--budget", "64MiB", "--out", str(tmp_path)]) == 0
     eff = ResultsStore(tmp_path, "profile.jsonl").load().records[0]["efficiency"]

@@ -66,6 +66,25 @@ def test_tables_mark_the_best_and_write_three_formats(tmp_path):
     assert "metric.accuracy" in (tmp_path / "tables" / "results.csv").read_text()
 
 
+def test_tables_name_the_avs_protocol_of_their_rows(tmp_path):
+    def avs(seed: int, task_cfg: dict) -> dict:
+        r = _record("mettle", seed, 0.0, 100.0, 0.1) | {"task": "avs_s4", "config": {"task": task_cfg}}
+        r["metrics"] = {"miou": 40.0, "fscore": 60.0}
+        return r
+
+    records = [*RECORDS, avs(0, {"protocol": "avsbench", "eval_batch_size": 4})]
+    write_tables(records, tmp_path)
+    note = "AVS mIoU and F-score: `avsbench` (batches of 4 videos) protocol."
+    assert note in (tmp_path / "tables" / "results.md").read_text()
+    assert note in (tmp_path / "tables" / "results_avs_s4.md").read_text()
+    assert "AVS" not in (tmp_path / "tables" / "results_ave.md").read_text()
+    write_tables([*records, avs(1, {})], tmp_path)  # a record from before the option: per video
+    assert (
+        "`avsbench` (batches of 4 videos) and `per_video` protocol."
+        in (tmp_path / "tables" / "results_avs_s4.md").read_text()
+    )
+
+
 def test_markdown_renders_header_rule_and_rows():
     table = paper_table(summarize(RECORDS))
     lines = markdown(table).splitlines()

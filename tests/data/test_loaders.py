@@ -12,7 +12,7 @@ from PIL import Image
 
 from bench.data.ave import load_ave
 from bench.data.avsbench import load_avsbench
-from bench.data.errors import DataError
+from bench.data.errors import DataError, DataWarning
 from bench.data.llp import load_llp
 from bench.tasks.base import DataShape
 
@@ -51,6 +51,24 @@ def test_ave_reads_with_and_without_header(tmp_path: Path, header: bool) -> None
     assert item["label"].tolist() == [28, 28, 1, 1, 1, 28, 28, 28, 28, 28]
     assert data["train"][1]["label"].tolist() == [2] * 10
     assert data["val"][0]["label"].tolist() == [28] * 9 + [0]
+
+
+def test_ave_keeps_every_row_of_a_repeated_video_and_reports_them_once(tmp_path: Path) -> None:
+    ave_tree(tmp_path, header=False)
+    annotations = (tmp_path / "Annotations.txt").read_text()
+    (tmp_path / "Annotations.txt").write_text(annotations + "Dog barking&vidA&good&0&3\nBanjo&vidC&good&0&2\n")
+    (tmp_path / "testSet.txt").write_text("Dog barking&vidA&good&0&3\n")  # vidA: train and test
+    (tmp_path / "valSet.txt").write_text("Banjo&vidC&good&9&10\nBanjo&vidC&good&0&2\n")  # vidC: twice in val
+    with pytest.warns(DataWarning) as caught:
+        data = load_ave(tmp_path, SHAPE)
+    assert [str(w.message) for w in caught] == [
+        f"{tmp_path / 'Annotations.txt'}: 2 video id(s) with more than one row (first 'vidA', lines 1, 4), "
+        "1 of them in more than one split; every row is kept as an annotation of its own"
+    ]
+    assert [len(data[s]) for s in ("train", "val", "test")] == [2, 2, 1]
+    assert data["train"][0]["label"].tolist() == [28, 28, 1, 1, 1, 28, 28, 28, 28, 28]  # vidA: Church bell
+    assert data["test"][0]["label"].tolist() == [2, 2, 2] + [28] * 7  # vidA: Dog barking
+    assert data["val"][1]["label"].tolist() == [0, 0] + [28] * 8
 
 
 @pytest.mark.parametrize(
@@ -109,6 +127,42 @@ def test_llp_reads(tmp_path: Path) -> None:
     assert val["gt_audio"][0].int().tolist() == [1, 1, 1, 1, 0, 0, 0, 0, 0, 0]  # [0, 4); 9-9 marks nothing
     assert val["gt_audio"].sum() == 4 and val["gt_visual"][1].sum() == 7
     assert data["test"][0]["gt_audio"][24].sum() == 8 and data["test"][0]["gt_visual"].sum() == 0
+
+
+def test_llp_row_with_offset_before_onset_marks_nothing_and_is_reported_once(tmp_path: Path) -> None:
+    # the release's AVVP_eval_audio.csv line 3770: `8DF2PxdT5tE_390_400  9  0  Cheering`
+    llp_tree(tmp_path)
+    audio = (tmp_path / "AVVP_eval_audio.csv").read_text()
+    (tmp_path / "AVVP_eval_audio.csv").write_text(audio + "v3_0_10\t9\t0\tCheering\nv4_0_10\t5\t1\tClapping\n")
+    with pytest.warns(DataWarning) as caught:
+        data = load_llp(tmp_path, SHAPE)
+    assert len(caught) == 1  # one warning for the file, though val and test both read it
+    assert str(caught[0].message) == (
+        f"{tmp_path / 'AVVP_eval_audio.csv'}: 2 row(s) with offset before onset mark no segment, "
+        "as in the official evaluation (line(s) 5, 6)"
+    )
+    assert data["val"][0]["gt_audio"][2].sum() == 0  # Cheering: nothing
+    assert data["test"][0]["gt_audio"][24].sum() == 8  # Clapping: only its [2, 10) row
+
+
+def test_llp_finds_media_under_the_csv_name_or_the_youtube_id(tmp_path: Path) -> None:
+    llp_tree(tmp_path)
+    # the download script's naming: `{YouTubeID}.mp4`, ids with '_' and '-'
+    (tmp_path / "AVVP_test_pd.csv").write_text("filename\tevent_labels\na_b-c_d_30_40\tClapping\n")
+    audio = (tmp_path / "AVVP_eval_audio.csv").read_text()
+    (tmp_path / "AVVP_eval_audio.csv").write_text(audio + "a_b-c_d_30_40\t0\t3\tClapping\n")
+    media(tmp_path, ["a_b-c_d"])
+    test = load_llp(tmp_path, SHAPE)["test"]
+    assert test.names == ["a_b-c_d"] and test[0]["gt_audio"][24].sum() == 3
+    assert load_llp(tmp_path, SHAPE)["val"].names == ["v3_0_10"]  # the CSV's name, when prepared so
+    for sub in ("frames", "logmel"):
+        (tmp_path / sub / "a_b-c_d.npy").unlink()
+    with pytest.raises(DataError) as err:
+        load_llp(tmp_path, SHAPE)
+    assert str(err.value) == (
+        f"{tmp_path / 'frames/a_b-c_d_30_40.npy'}: missing prepared media file; also looked for "
+        f"{tmp_path / 'frames/a_b-c_d.npy'} (run `bench data prepare`)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""`prepare` on a generated mp4: frame count and size, log-mel shape, corrupt-file skip, resume."""
+"""`prepare` on generated clips: frame count and size, log-mel shape, corrupt clips, workers, resume."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 import torch
 from rich.console import Console
 
+from bench.cli import main
 from bench.data.prepare import log_mel, mel_filterbank, prepare
 
 FPS, SR = 10, 16000
@@ -58,7 +59,7 @@ def test_prepare_ave_writes_frames_and_log_mels(tmp_path: Path) -> None:
     (src / "Annotations.txt").write_text("Category&VideoID&Quality&StartTime&EndTime\nBanjo&clipA&good&0&3\n")
     report = prepare("ave", src, dst, size=32, console=quiet())
     assert report.prepared == 1 and report.already_done == 0
-    assert [Path(f).name for f, _ in report.skipped] == ["clipB.mp4"] and report.skipped[0][1]
+    assert [Path(f).name for f, _ in report.failed] == ["clipB.mp4"] and report.failed[0][1]
     frames = np.load(dst / "frames" / "clipA.npy")
     mel = np.load(dst / "logmel" / "clipA.npy")
     assert frames.shape == (10, 32, 32, 3) and frames.dtype == np.uint8
@@ -69,7 +70,36 @@ def test_prepare_ave_writes_frames_and_log_mels(tmp_path: Path) -> None:
     assert (dst / "Annotations.txt").read_text().startswith("Category")
     assert not list(dst.rglob("*.tmp"))
     again = prepare("ave", src, dst, size=32, console=quiet())
-    assert again.prepared == 0 and again.already_done == 1 and len(again.skipped) == 1
+    assert again.prepared == 0 and again.already_done == 1 and len(again.failed) == 1
+
+
+def test_prepare_in_workers_matches_one_worker_resumes_and_exits_1_naming_a_corrupt_clip(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "raw"
+    src.mkdir()
+    for i in range(4):
+        write_clip(src / f"clip{i}.mp4", seconds=2)
+    (src / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 truncated")
+    args = ["data", "prepare", "ave", "--src", str(src), "--size", "32"]
+    assert main([*args, "--dst", str(tmp_path / "one"), "--workers", "1"]) == 1
+    capsys.readouterr()
+    assert main([*args, "--dst", str(tmp_path / "two"), "--workers", "2"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "ave: 4 prepared, 0 already done, 1 failed" in err and "failed" in err and "broken.mp4" in err
+    for sub in ("frames", "logmel"):
+        for i in range(4):
+            one, two = (np.load(tmp_path / d / sub / f"clip{i}.npy") for d in ("one", "two"))
+            assert np.array_equal(one, two)
+    assert not list((tmp_path / "two").rglob("*.tmp"))
+    # resumable: a clip whose log-mel is missing is redone, finished ones are skipped
+    (tmp_path / "two" / "logmel" / "clip3.npy").unlink()
+    assert main([*args, "--dst", str(tmp_path / "two"), "--workers", "2"]) == 1
+    assert "ave: 1 prepared, 3 already done, 1 failed" in " ".join(capsys.readouterr().err.split())
+    (src / "broken.mp4").unlink()
+    assert main([*args, "--dst", str(tmp_path / "two"), "--workers", "2"]) == 0
+    assert main([*args, "--dst", str(tmp_path / "two"), "--workers", "0"]) == 2
+    assert "--workers must be > 0" in capsys.readouterr().err
 
 
 def test_prepare_avsbench_recomputes_log_mels(tmp_path: Path) -> None:
@@ -81,7 +111,7 @@ def test_prepare_avsbench_recomputes_log_mels(tmp_path: Path) -> None:
     (src / "Single-source/s4_meta_data.csv").write_text("name,start,category,split\nvA,0,dog,train\n")
     write_clip(base / "audio_wav/train/dog/vA.wav", seconds=5, container_format="wav")
     report = prepare("avsbench", src, dst, console=quiet())
-    assert report.prepared == 1 and not report.skipped
+    assert report.prepared == 1 and not report.failed
     out = dst / "Single-source/s4_data"
     with (out / "audio_log_mel/train/dog/vA.pkl").open("rb") as f:
         mel = pickle.load(f)

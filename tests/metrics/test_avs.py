@@ -1,11 +1,11 @@
-"""Hand-computed AVS mIoU and F-score cases."""
+"""Hand-computed AVS mIoU and F-score cases, per video and as AVSBench's test script pools them."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from bench.metrics.avs import frame_f_curves, frame_iou, fscore, miou
+from bench.metrics.avs import avsbench_scores, frame_f_curves, frame_iou, fscore, miou
 
 BIG = 20.0  # logit whose sigmoid is 1.0 in float32
 
@@ -63,3 +63,83 @@ def test_fscore_averages_curves_within_video_and_skips_empty_frames() -> None:
     perfect_gt = gt3.new_tensor([1.0, 0.0]).view(1, 1, 1, 2).expand(1, 3, 1, 2)
     two = fscore(torch.cat([logits3, perfect]), torch.cat([gt3, perfect_gt]))
     assert two == pytest.approx((expected + 100) / 2)
+
+
+def f_measure(p: float, r: float) -> float:
+    return 1.3 * p * r / (0.3 * p + r)
+
+
+def videos(*frames: tuple[list[float], list[float]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One-frame videos of 1 x 2 pixels from (probabilities, ground truth) pairs: logits,
+    masks [V, 1, 1, 2] and an all-true `valid` [V, 1]."""
+    prob = torch.tensor([p for p, _ in frames]).view(-1, 1, 1, 2)
+    gt = torch.tensor([g for _, g in frames]).view(-1, 1, 1, 2)
+    return torch.logit(prob), gt, torch.ones(len(frames), 1, dtype=torch.bool)
+
+
+def test_avsbench_pools_the_f_curves_of_a_batch_before_the_max() -> None:
+    logits, gt, valid = videos(([0.9, 0.8], [1, 0]), ([0.3, 0.2], [1, 0]))
+    # each video alone is perfect at a threshold in (0.8, 0.9], resp. (0.2, 0.3]: per video 100
+    assert fscore(logits, gt, valid) == pytest.approx(100.0)
+    assert avsbench_scores(logits, gt, valid, batch_size=1)["fscore"] == pytest.approx(100.0)
+    # one batch: (0.2, 0.3] scores (1 + F(1/2, 1)) / 2 = (1 + 0.65 / 1.15) / 2, the best of the mean curve
+    pooled = (1 + f_measure(0.5, 1.0)) / 2
+    assert pooled == pytest.approx(0.7826, abs=1e-4)
+    assert avsbench_scores(logits, gt, valid, batch_size=4)["fscore"] == pytest.approx(100 * pooled, rel=1e-6)
+
+
+def test_avsbench_miou_is_a_mean_of_batch_means() -> None:
+    # IoU at 0.5: video 1 predicts both pixels (1/2), video 2 none (0), video 3 is exact (1)
+    logits, gt, valid = videos(([0.9, 0.8], [1, 0]), ([0.3, 0.2], [1, 0]), ([0.9, 0.1], [1, 0]))
+    assert miou(logits, gt, valid) == pytest.approx(100 * (0.5 + 0 + 1) / 3)  # per_video: every frame alike
+    scores = avsbench_scores(logits, gt, valid, batch_size=2)  # batches {1, 2} and {3}
+    assert scores["miou"] == pytest.approx(100 * ((0.5 + 0) / 2 + 1) / 2)  # 62.5
+    assert scores["fscore"] == pytest.approx(100 * ((1 + f_measure(0.5, 1.0)) / 2 + 1) / 2, rel=1e-6)
+
+
+def test_an_all_empty_video_counts_as_avsbench_counts_it() -> None:
+    # video 1 exact; video 2 has no object and predicts one of its two pixels: IoU = 1/2 background right
+    logits, gt, valid = videos(([0.9, 0.1], [1, 0]), ([0.2, 0.7], [0, 0]))
+    alone = avsbench_scores(logits, gt, valid, batch_size=1)  # a batch of only empty masks scores F = 0
+    assert alone == pytest.approx({"miou": 100 * (1 + 0.5) / 2, "fscore": (100 + 0) / 2})
+    together = avsbench_scores(logits, gt, valid, batch_size=4)  # within a batch, empty frames are skipped
+    assert together == pytest.approx({"miou": 75.0, "fscore": 100.0})
+    assert fscore(logits, gt, valid) == pytest.approx(100.0)  # per_video leaves the empty video out
+
+
+def test_avsbench_scores_match_a_plain_loop_over_batches_frames_and_thresholds() -> None:
+    """Random masks, some empty, some frames not supervised, a last short batch."""
+    gen = torch.Generator().manual_seed(0)
+    v, t, batch = 7, 3, 3
+    logits = torch.randn(v, t, 4, 4, generator=gen) * 2
+    gt = torch.rand(v, t, 4, 4, generator=gen) > 0.6
+    gt[1] = False
+    gt[4, 0] = False
+    valid = torch.rand(v, t, generator=gen) > 0.2
+    valid[:, 0] = True
+    th = torch.linspace(0, 1 - 1e-10, 255)
+    mious, fs = [], []
+    for s in range(0, v, batch):
+        ious, curves = [], []
+        for i in range(s, min(s + batch, v)):
+            for j in range(t):
+                if not valid[i, j]:
+                    continue
+                prob, g = torch.sigmoid(logits[i, j]), gt[i, j].float()
+                pred = (prob > 0.5).float()
+                if g.sum() == 0:
+                    ious.append(((1 - pred) * (1 - g)).sum().item() / g.numel())
+                    continue
+                ious.append((pred * g).sum().item() / torch.maximum(pred, g).sum().item())
+                curve = []
+                for k in range(255):
+                    above = (prob >= th[k]).float()
+                    p, r = (above * g).sum() / (above.sum() + 1e-20), (above * g).sum() / g.sum()
+                    f = (1.3 * p * r / (0.3 * p + r)).item()
+                    curve.append(0.0 if f != f else f)
+                curves.append(curve)
+        mious.append(sum(ious) / len(ious))
+        fs.append(max(sum(c[k] for c in curves) / len(curves) for k in range(255)) if curves else 0.0)
+    scores = avsbench_scores(logits, gt, valid, batch)
+    assert scores["miou"] == pytest.approx(100 * sum(mious) / len(mious), rel=1e-6)
+    assert scores["fscore"] == pytest.approx(100 * sum(fs) / len(fs), rel=1e-5)

@@ -40,3 +40,10 @@ def test_ave_labels_and_near_miss_switch_changes_only_the_distractors() -> None:
 def test_near_miss_must_be_a_probability(value: float) -> None:
     with pytest.raises(ValueError, match="near_miss must be in \\[0, 1\\]"):
         AveConfig(near_miss=value)
+
+
+def test_one_segment_clips_are_generated() -> None:
+    shape = DataShape(image_size=16, mel_bins=16, mel_frames=16)
+    data = make_synthetic_ave(AveConfig(segments=1), 40, shape, seed=0).tensors
+    assert data["label"].shape == (40, 1) and data["audio"].shape[:2] == data["visual"].shape[:2] == (40, 1)
+    assert (data["label"] < BACKGROUND).all()  # the seen and heard intervals both fill a one-segment clip

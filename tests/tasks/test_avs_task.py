@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from bench.registry import get_task
+from bench.runner import RunPlan, resolve
 from bench.tasks.avs import AvsConfig, AvsMs3Config
 from bench.tasks.base import DataShape, TaskModel
 
@@ -57,7 +58,7 @@ def test_head_shape_backward_and_score(name: str, encoder, shape: DataShape) -> 
     assert encoder.maps[3].weight.grad is not None and encoder.a.weight.grad is not None
     preds = task.predictions(out, batch)
     assert preds["logits"].shape == (2, 5, 32, 32)
-    scores = task.score(preds)
+    scores = task.score(cfg, preds)
     assert set(scores) == {"miou", "fscore"} and task.selection_metric == "miou"
 
 
@@ -71,7 +72,28 @@ def test_loss_ignores_unsupervised_frames(encoder, shape: DataShape) -> None:  #
     assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
 
 
-@pytest.mark.parametrize(("field", "value"), [("objects", 0), ("offscreen", 2.0), ("max_sources", 9)])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("objects", 0), ("offscreen", 2.0), ("max_sources", 9), ("protocol", "per_frame"), ("eval_batch_size", 0)],
+)
 def test_config_validation_names_the_field(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
         AvsConfig(**{field: value})
+    if field == "protocol":
+        with pytest.raises(ValueError, match=r"allowed: avsbench, per_video"):
+            AvsConfig(protocol=value)
+
+
+def test_score_follows_the_protocol_and_the_record_keeps_it() -> None:
+    # two one-frame videos of 1 x 2 pixels, ground truth [1, 0]: see tests/metrics/test_avs.py
+    logits = torch.logit(torch.tensor([[0.9, 0.8], [0.3, 0.2]])).view(2, 1, 1, 2).expand(2, 5, 1, 2)
+    preds = {"logits": logits, "mask": torch.tensor([1, 0]).expand(2, 5, 1, 2), "frame_weight": torch.ones(2, 5)}
+    task = get_task("avs_s4")
+    assert task.score(AvsConfig(), preds)["fscore"] == pytest.approx(78.26, abs=0.01)
+    assert task.score(AvsConfig(eval_batch_size=1), preds)["fscore"] == pytest.approx(100.0)
+    assert task.score(AvsConfig(protocol="per_video"), preds)["fscore"] == pytest.approx(100.0)
+    runs = resolve(RunPlan(["frozen"], ["avs_s4", "avs_ms3"], "smoke", overrides=["avs_ms3.protocol=per_video"]))
+    assert [(r.to_dict()["task"]["protocol"], r.to_dict()["task"]["eval_batch_size"]) for r in runs] == [
+        ("avsbench", 4),
+        ("per_video", 4),
+    ]

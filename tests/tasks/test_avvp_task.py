@@ -57,11 +57,11 @@ def test_head_shapes_backward_and_weak_loss(encoder, shape: DataShape) -> None: 
     assert encoder.a.weight.grad is not None
     val = data["val"].batches(4)[0]
     preds = task.predictions(model(val["audio"], val["visual"]), val)
-    scores = task.score(preds)
+    scores = task.score(cfg, preds)
     assert set(scores) == set(task.metric_keys) and task.selection_metric in scores
     assert all(0.0 <= s <= 100.0 for s in scores.values())
     with pytest.raises(ValueError, match="ground truth"):
-        task.score(task.predictions(out, batch))
+        task.score(cfg, task.predictions(out, batch))
 
 
 @pytest.mark.parametrize(
