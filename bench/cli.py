@@ -117,12 +117,17 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--src", type=Path, required=True, help="raw dataset directory")
     prep.add_argument("--dst", type=Path, required=True, help="prepared output directory")
     prep.add_argument("--size", type=int, default=224, help="frame side in pixels")
-    prep.add_argument("--mel-bins", type=int, default=64)
+    prep.add_argument(
+        "--sample-rate",
+        type=int,
+        default=32000,
+        help="audio stored as waveform at this rate (default 32000, HTS-AT's; loaders resample to a preset's)",
+    )
     prep.add_argument(
         "--workers",
         type=int,
         default=1,
-        help="clips decoded at once, one process each (default 1: every worker holds its own torch and decoder, "
+        help="clips decoded at once, one process each (default 1: every worker holds its own decoder, "
         "and os.cpu_count() counts a host's cores, not a container's or a shared machine's share)",
     )
 
@@ -414,10 +419,14 @@ def cmd_data(args: argparse.Namespace, console: Console) -> int:
 
     if not args.src.is_dir():
         raise UsageError(f"--src {args.src} is not a directory")
-    _positive(args, "size", "mel_bins", "workers")
-    report = prepare(
-        args.dataset, args.src, args.dst, size=args.size, mel_bins=args.mel_bins, workers=args.workers, console=console
-    )
+    _positive(args, "size", "sample_rate", "workers")
+    try:
+        report = prepare(
+            args.dataset, args.src, args.dst, size=args.size, sample_rate=args.sample_rate, workers=args.workers,
+            console=console,
+        )  # fmt: skip
+    except ValueError as e:  # a tree prepared with other settings
+        raise UsageError(str(e)) from None
     return 1 if report.failed else 0
 
 

@@ -233,6 +233,8 @@ def write_selection(records: list[dict[str, Any]], stem: Path) -> None:
     )
     atomic_write_text(stem.with_suffix(".md"), markdown(pd.DataFrame(rows)) + note)
     atomic_write_text(stem.with_suffix(".csv"), selection.to_csv(index=False))
+
+
 def avs_protocols(records: list[dict[str, Any]]) -> str:
     """A table note naming the scoring protocol of the finished runs whose task has one
     (AVS); '' when there are none. Records from before the option scored `per_video`."""

@@ -17,9 +17,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from bench.config import (
     BASE_SECTIONS,
-    Override,
     ConfigError,
     MeasureConfig,
+    Override,
     ResolvedRun,
     TowersConfig,
     TrainConfig,

@@ -3,7 +3,7 @@
 Layout of `root`:
     Annotations.txt, trainSet.txt, valSet.txt, testSet.txt
         lines `Category&VideoID&Quality&StartTime&EndTime`, with or without that header line
-    frames/{VideoID}.npy   uint8 [10, H, W, 3];  logmel/{VideoID}.npy  float32 [10, F, W]
+    frames/{VideoID}.npy   uint8 [10, H, W, 3];  audio/{VideoID}.npy  int16 [10, R]  (media.json: R)
         (see bench.data.media; written by `bench data prepare ave`)
 Categories are indexed by sorted name (Annotations.txt lists all 28); background is 28.
 A segment t with start <= t < end carries the category.

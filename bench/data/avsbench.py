@@ -3,22 +3,24 @@
     root/Single-source/s4_meta_data.csv            comma-separated, header; column 0 video,
                                                    column 2 category, a `split` column
     root/Single-source/s4_data/visual_frames/{split}/{category}/{video}/{video}_{i}.png   i = 1..5
-    root/Single-source/s4_data/audio_log_mel/{split}/{category}/{video}.pkl
+    root/Single-source/s4_data/audio_wave/{split}/{category}/{video}.npy
     root/Single-source/s4_data/gt_masks/{split}/{category}/{video}/{video}_{i}.png  (train: i = 1 only)
     root/Multi-sources/ms3_meta_data.csv           column 0 video, a `split` column
     root/Multi-sources/ms3_data/visual_frames/{video}/{video}.mp4_{i}.png
-    root/Multi-sources/ms3_data/audio_log_mel/{split}/{video}.pkl
+    root/Multi-sources/ms3_data/audio_wave/{split}/{video}.npy
     root/Multi-sources/ms3_data/gt_masks/{split}/{video}/{video}_{i}.png
-The .pkl files hold a pickled tensor [5, 1, frames, mel_bins] (VGGish: [5, 1, 96, 64];
-pickle runs code on load: use trusted copies only). Masks are PNGs, > 0 = object,
-of the same size as their frame. Items: audio [5, 1, F, W], visual [5, 3, S, S],
-mask [5, S, S] bool and frame_weight [5] (S4 train: first frame only).
+    root/media.json                                {"sample_rate": R, ...}
+`bench data prepare avsbench` writes audio_wave (int16 [5, R], one second of waveform per
+frame) from the release's audio_wav and copies the rest; the release's VGGish log-mels
+(audio_log_mel/*.pkl) are not read: every tower makes its own front-end from the waveform.
+Masks are PNGs, > 0 = object, of the same size as their frame. Items: audio [5, S_a]
+waveform at the preset's rate, visual [5, 3, S, S], mask [5, S, S] bool and
+frame_weight [5] (S4 train: first frame only).
 """
 
 from __future__ import annotations
 
 import csv
-import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from bench.data.errors import DataError
-from bench.data.media import audio_tensor, visual_tensor
+from bench.data.media import audio_tensor, load_array, media_rate, visual_tensor
 from bench.tasks.base import SPLITS, Batch, DataShape
 
 FRAMES = 5
@@ -73,26 +75,13 @@ def video_paths(base: Path, variant: str, split: str, video: str, category: str)
     if variant == "s4":
         frames_dir = base / "visual_frames" / split / category / video
         frames = [frames_dir / f"{video}_{i}.png" for i in range(1, FRAMES + 1)]
-        audio = base / "audio_log_mel" / split / category / f"{video}.pkl"
+        audio = base / "audio_wave" / split / category / f"{video}.npy"
         masks_dir = base / "gt_masks" / split / category / video
     else:
         frames = [base / "visual_frames" / video / f"{video}.mp4_{i}.png" for i in range(1, FRAMES + 1)]
-        audio = base / "audio_log_mel" / split / f"{video}.pkl"
+        audio = base / "audio_wave" / split / f"{video}.npy"
         masks_dir = base / "gt_masks" / split / video
     return AvsVideo(frames, audio, [masks_dir / f"{video}_{i}.png" for i in range(1, n_masks + 1)])
-
-
-def load_logmel(path: Path) -> torch.Tensor:
-    """[5, 1, frames, bins] pickled log-mel -> [5, bins, frames]."""
-    try:
-        with path.open("rb") as f:
-            obj = pickle.load(f)
-        x = obj.detach() if torch.is_tensor(obj) else torch.as_tensor(np.asarray(obj))
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as e:
-        raise DataError(path, f"unreadable pickled log-mel ({e})") from e
-    if x.ndim != 4 or x.shape[0] != FRAMES or x.shape[1] != 1:
-        raise DataError(path, f"expected a log-mel of shape [5, 1, frames, mel_bins], got {list(x.shape)}")
-    return x[:, 0].transpose(1, 2).float()
 
 
 def load_png(path: Path, mode: str) -> np.ndarray:
@@ -106,8 +95,8 @@ def load_png(path: Path, mode: str) -> np.ndarray:
 
 
 class AvsBenchDataset(Dataset):
-    def __init__(self, videos: list[AvsVideo], shape: DataShape) -> None:
-        self.videos, self.shape = videos, shape
+    def __init__(self, videos: list[AvsVideo], shape: DataShape, rate: int) -> None:
+        self.videos, self.shape, self.rate = videos, shape, rate
         for v in videos:  # fail early, naming the first missing file
             for p in (*v.frames, v.audio, *v.masks):
                 if not p.is_file():
@@ -130,7 +119,7 @@ class AvsBenchDataset(Dataset):
         weight = torch.zeros(FRAMES)
         weight[: len(v.masks)] = 1.0
         return {
-            "audio": audio_tensor(load_logmel(v.audio), self.shape),
+            "audio": audio_tensor(load_array(v.audio, (FRAMES, self.rate), np.int16), self.rate, self.shape),
             "visual": visual_tensor(frames, s),
             "mask": mask,
             "frame_weight": weight,
@@ -141,8 +130,8 @@ def load_avsbench(root: Path, variant: str, shape: DataShape) -> dict[str, Datas
     """The train/val/test splits of S4 (`variant="s4"`) or MS3 (`"ms3"`) under the AVSBench root."""
     folder, meta, data = VARIANTS[variant]
     splits = read_meta(root / folder / meta, variant)
-    base = root / folder / data
+    base, rate = root / folder / data, media_rate(root)
     return {
-        split: AvsBenchDataset([video_paths(base, variant, split, v, c) for v, c in rows], shape)
+        split: AvsBenchDataset([video_paths(base, variant, split, v, c) for v, c in rows], shape, rate)
         for split, rows in splits.items()
     }

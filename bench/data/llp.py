@@ -3,7 +3,7 @@
 Layout of `root` (tab-separated CSVs with a header, as released):
     AVVP_train.csv, AVVP_val_pd.csv, AVVP_test_pd.csv      filename  event_labels (comma-joined)
     AVVP_eval_audio.csv, AVVP_eval_visual.csv              filename  onset  offset  event_labels
-    frames/{name}.npy  uint8 [10, H, W, 3];  logmel/{name}.npy  float32 [10, F, W]
+    frames/{name}.npy  uint8 [10, H, W, 3];  audio/{name}.npy  int16 [10, R]  (media.json: R)
 where {name} is the CSV's `{YouTubeID}_{start}_{end}` or the bare YouTube id (the
 official download script saves `{YouTubeID}.mp4`, and `bench data prepare` names the
 media after the clip's file).

@@ -1,15 +1,18 @@
 """Prepared media shared by the AVE and LLP loaders, and tensor conversion.
 
 Prepared layout (written by bench.data.prepare):
-    root/frames/{video}.npy   uint8   [T, H, W, 3]  one RGB frame at each segment's centre
-    root/logmel/{video}.npy   float32 [T, F, W]     log-mel per segment (F mel bins, W 10 ms frames)
+    root/media.json           {"sample_rate": R, ...}: what the arrays hold
+    root/frames/{video}.npy   uint8 [T, H, W, 3]  one RGB frame at each segment's centre
+    root/audio/{video}.npy    int16 [T, R]        one second of mono waveform per segment
 Frames are resized to the preset's image size and normalised with the ImageNet
-statistics the pretrained towers expect; log-mels are resized to (mel_bins,
-mel_frames) when they differ and standardised with fixed constants.
+statistics the pretrained towers expect. Audio stays waveform, resampled to the
+preset's rate: each tower makes its own front-end from it (bench.frontends), as it
+does from the synthetic waveforms.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,11 +22,13 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from bench.data.errors import DataError
+from bench.frontends import resample
 from bench.tasks.base import Batch, DataShape
+
+MEDIA_INFO = "media.json"
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-LOGMEL_MEAN, LOGMEL_STD = -4.5, 4.5  # rough log-mel statistics of natural audio (log of power + 1e-6)
 
 
 def visual_tensor(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
@@ -34,12 +39,26 @@ def visual_tensor(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     return (x - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def audio_tensor(logmel: np.ndarray | torch.Tensor, shape: DataShape) -> torch.Tensor:
-    """float [T, F, W] log-mel -> standardised float32 [T, 1, mel_bins, mel_frames]."""
-    x = torch.as_tensor(logmel).float().unsqueeze(1)
-    if x.shape[-2:] != (shape.mel_bins, shape.mel_frames):
-        x = F.interpolate(x, size=(shape.mel_bins, shape.mel_frames), mode="bilinear", align_corners=False)
-    return (x - LOGMEL_MEAN) / LOGMEL_STD
+def audio_tensor(pcm: np.ndarray | torch.Tensor, rate: int, shape: DataShape) -> torch.Tensor:
+    """int16 [T, rate] -> float32 [T, shape.sample_rate] in [-1, 1], the synthetic sources' form."""
+    x = torch.as_tensor(pcm).float() / 32768.0
+    return resample(x, rate, shape.sample_rate)
+
+
+def media_rate(root: Path) -> int:
+    """The audio sample rate of a prepared tree, from its media.json; DataError when absent
+    (a tree prepared before audio was kept as waveform holds log-mels: prepare it again)."""
+    path = root / MEDIA_INFO
+    if not path.is_file():
+        raise DataError(path, "missing: not a tree written by `bench data prepare` (trees from before waveform "
+                        "audio hold log-mels; prepare again)")  # fmt: skip
+    try:
+        rate = json.loads(path.read_text(encoding="utf-8"))["sample_rate"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DataError(path, f"expected a JSON object with an integer 'sample_rate' ({e!r})") from e
+    if not isinstance(rate, int) or rate <= 0:
+        raise DataError(path, f"sample_rate must be a positive integer, got {rate!r}")
+    return rate
 
 
 def load_array(path: Path, shape: tuple[int | None, ...], dtype: type) -> np.ndarray:
@@ -57,11 +76,11 @@ def load_array(path: Path, shape: tuple[int | None, ...], dtype: type) -> np.nda
 
 
 def media_name(root: Path, names: tuple[str, ...]) -> str:
-    """The first of `names` whose frames and log-mel are both prepared under `root`;
+    """The first of `names` whose frames and audio are both prepared under `root`;
     else DataError naming the missing file of every candidate."""
     missing = []
     for name in names:
-        absent = [p for p in (root / "frames" / f"{name}.npy", root / "logmel" / f"{name}.npy") if not p.is_file()]
+        absent = [p for p in (root / "frames" / f"{name}.npy", root / "audio" / f"{name}.npy") if not p.is_file()]
         if not absent:
             return name
         missing.append(absent[0])
@@ -84,6 +103,7 @@ class PreparedAVDataset(Dataset):
         aliases: Callable[[str], tuple[str, ...]] = lambda video: (),
     ) -> None:
         self.root, self.targets, self.shape, self.segments = root, targets, shape, segments
+        self.rate = media_rate(root)
         self.names = [media_name(root, (v, *aliases(v))) for v in videos]  # fail early, naming the missing files
 
     def __len__(self) -> int:
@@ -92,9 +112,9 @@ class PreparedAVDataset(Dataset):
     def __getitem__(self, i: int) -> Batch:
         v, t = self.names[i], self.segments
         frames = load_array(self.root / "frames" / f"{v}.npy", (t, None, None, 3), np.uint8)
-        logmel = load_array(self.root / "logmel" / f"{v}.npy", (t, None, None), np.float32)
+        pcm = load_array(self.root / "audio" / f"{v}.npy", (t, self.rate), np.int16)
         return {
-            "audio": audio_tensor(logmel, self.shape),
+            "audio": audio_tensor(pcm, self.rate, self.shape),
             "visual": visual_tensor(frames, self.shape.image_size),
             **{k: x[i] for k, x in self.targets.items()},
         }

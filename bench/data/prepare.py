@@ -2,15 +2,18 @@
 
 `prepare("ave" | "llp", src, dst)` decodes every video under `src` (*.mp4, *.mkv,
 *.webm, *.avi) with PyAV into the layout of bench.data.media:
-    dst/frames/{video}.npy   uint8   [10, size, size, 3]  the frame nearest each 1 s segment's centre
-    dst/logmel/{video}.npy   float32 [10, mel_bins, 100]  16 kHz mono log-mel, 25 ms window, 10 ms hop
+    dst/media.json           {"dataset", "sample_rate", "size"}: what the arrays hold
+    dst/frames/{video}.npy   uint8 [10, size, size, 3]    the frame nearest each 1 s segment's centre
+    dst/audio/{video}.npy    int16 [10, sample_rate]      mono waveform, one second per segment
 and copies the annotation files found under `src` (Annotations.txt and the split
 lists for AVE, the AVVP_*.csv files for LLP) to `dst`.
 `prepare("avsbench", src, dst)` mirrors the AVSBench release (already frame-extracted):
-it copies the meta CSVs, visual_frames and gt_masks, and recomputes each clip's
-audio_log_mel/.../{video}.pkl from audio_wav with the same log-mel, as a pickled
-tensor [5, 1, 100, mel_bins] (the release's time-major layout).
-Each clip is one `ClipJob`, run by `run_clip` in one of `workers` processes.
+it copies the meta CSVs, visual_frames and gt_masks, and decodes each clip's
+audio_wav/.../{video}.wav to audio_wave/.../{video}.npy, int16 [5, sample_rate].
+Audio is stored as waveform, not as features: every tower computes its own front-end
+(bench.frontends) from it, so one prepared tree serves every preset and method. The
+default rate, 32 kHz, is the highest any preset's tower eats (HTS-AT); loaders resample
+down. Each clip is one `ClipJob`, run by `run_clip` in one of `workers` processes.
 Outputs are written atomically (temporary file, then os.replace), finished outputs
 are skipped on a rerun, and a file that cannot be decoded fails with its reason
 (the other clips go on; the report lists the failures).
@@ -18,10 +21,10 @@ are skipped on a rerun, and a file that cannot be decoded fails with its reason
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import os
-import pickle
 import shutil
 import signal
 from collections.abc import Callable
@@ -32,10 +35,11 @@ from typing import Literal
 
 import av
 import numpy as np
-import torch
 from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from bench.data.media import MEDIA_INFO
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi")
 ANNOTATIONS = {
@@ -43,7 +47,6 @@ ANNOTATIONS = {
     "llp": ("AVVP_train.csv", "AVVP_val_pd.csv", "AVVP_test_pd.csv", "AVVP_eval_audio.csv", "AVVP_eval_visual.csv"),
 }
 SEGMENTS = {"ave": 10, "llp": 10, "avsbench": 5}
-HOP_S, WIN_S = 0.010, 0.025
 
 
 @dataclass
@@ -62,7 +65,6 @@ class MediaSpec:
     segments: int
     size: int
     sample_rate: int
-    mel_bins: int
 
 
 @dataclass(frozen=True)
@@ -80,36 +82,14 @@ class ClipJob:
         return all(p.is_file() for p in self.outputs.values())
 
 
-def mel_filterbank(n_fft: int, n_mels: int, sample_rate: int) -> torch.Tensor:
-    """Triangular HTK-mel filters [n_mels, n_fft // 2 + 1] from 0 Hz to Nyquist."""
-    mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
-    edges_mel = torch.linspace(0.0, mel(sample_rate / 2), n_mels + 2)
-    edges = 700.0 * (10 ** (edges_mel / 2595.0) - 1.0)
-    freqs = torch.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
-    lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
-    up = (freqs - lo) / (mid - lo)
-    down = (hi - freqs) / (hi - mid)
-    return torch.clamp(torch.minimum(up, down), min=0.0)
-
-
-def log_mel(wave: torch.Tensor, sample_rate: int, mel_bins: int) -> torch.Tensor:
-    """Log-mel [mel_bins, 1 + len // hop] of a mono waveform (centred STFT frames)."""
-    hop, win = round(HOP_S * sample_rate), round(WIN_S * sample_rate)
-    n_fft = 1 << (win - 1).bit_length()
-    spec = torch.stft(
-        wave.float(), n_fft, hop_length=hop, win_length=win, window=torch.hann_window(win), center=True,
-        return_complex=True,
-    ).abs() ** 2  # fmt: skip
-    return torch.log(mel_filterbank(n_fft, mel_bins, sample_rate) @ spec + 1e-6)
-
-
-def segment_log_mels(wave: np.ndarray, segments: int, sample_rate: int, mel_bins: int) -> np.ndarray:
-    """float32 [segments, mel_bins, 1 s / hop] log-mels of a waveform padded or cut to `segments` s."""
+def segment_waves(wave: np.ndarray, segments: int, sample_rate: int) -> np.ndarray:
+    """int16 [segments, sample_rate]: a float waveform in [-1, 1] padded with silence or cut
+    to `segments` seconds, as 16-bit PCM (what the clip's own audio holds, at a quarter of
+    float32's bytes)."""
     total = segments * sample_rate
     wave = np.pad(wave[:total], (0, max(0, total - len(wave))))
-    spec = log_mel(torch.from_numpy(wave), sample_rate, mel_bins)
-    per = round(1.0 / HOP_S)
-    return spec[:, : segments * per].reshape(mel_bins, segments, per).permute(1, 0, 2).numpy().astype(np.float32)
+    pcm = np.round(np.clip(wave, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return pcm.reshape(segments, sample_rate)
 
 
 def decode_audio(container: av.container.InputContainer, sample_rate: int) -> np.ndarray:
@@ -169,25 +149,37 @@ def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
 
 
 def video_clip(job: ClipJob) -> None:
-    """AVE / LLP: one frame and one log-mel per segment of a video."""
+    """AVE / LLP: one frame and one second of waveform per segment of a video."""
     t = job.spec
     frames, audio = decode_video(job.source, t.segments, t.size, t.sample_rate)
-    atomic_write(job.outputs["logmel"], _save_npy(segment_log_mels(audio, t.segments, t.sample_rate, t.mel_bins)))
+    atomic_write(job.outputs["audio"], _save_npy(segment_waves(audio, t.segments, t.sample_rate)))
     atomic_write(job.outputs["frames"], _save_npy(frames))
 
 
 def wav_clip(job: ClipJob) -> None:
-    """AVSBench: the release's pickled log-mel tensor [segments, 1, 100, mel_bins] of a wav."""
+    """AVSBench: one second of waveform per frame of a clip's wav."""
     t = job.spec
     with av.open(str(job.source)) as container:
         audio = decode_audio(container, t.sample_rate)
-    mel = torch.from_numpy(segment_log_mels(audio, t.segments, t.sample_rate, t.mel_bins)).transpose(1, 2)[:, None]
+    atomic_write(job.outputs["audio"], _save_npy(segment_waves(audio, t.segments, t.sample_rate)))
 
-    def write(p: Path) -> None:
-        with p.open("wb") as f:
-            pickle.dump(mel.contiguous(), f)
 
-    atomic_write(job.outputs["logmel"], write)
+def write_media_info(dst: Path, dataset: str, spec: MediaSpec) -> None:
+    """dst/media.json says what the arrays hold; resuming with other settings would mix two
+    kinds of array in one tree, so it is refused (ValueError naming the file and the values)."""
+    info = {"dataset": dataset, "sample_rate": spec.sample_rate, "size": spec.size}
+    path = dst / MEDIA_INFO
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"{path}: unreadable ({e}); remove it to prepare again") from e
+        if old != info:
+            raise ValueError(
+                f"{path}: {dst} was prepared with {old}, not {info}; use another --dst or the same settings"
+            )
+        return
+    atomic_write(path, lambda p: p.write_text(json.dumps(info) + "\n", encoding="utf-8"))
 
 
 def run_clip(job: ClipJob) -> str | None:
@@ -202,7 +194,7 @@ def run_clip(job: ClipJob) -> str | None:
 def _jobs_videos(src: Path, dst: Path, spec: MediaSpec) -> list[ClipJob]:
     """One job per raw video, named after its file."""
     return [
-        ClipJob(path, {sub: dst / sub / f"{path.stem}.npy" for sub in ("frames", "logmel")}, video_clip, spec)
+        ClipJob(path, {sub: dst / sub / f"{path.stem}.npy" for sub in ("frames", "audio")}, video_clip, spec)
         for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES)
     ]
 
@@ -221,16 +213,14 @@ def _jobs_avsbench(src: Path, dst: Path, spec: MediaSpec) -> list[ClipJob]:
                 shutil.copytree(src / folder / data / sub, dst / folder / data / sub, dirs_exist_ok=True)
         wav_root = src / folder / data / "audio_wav"
         for wav in sorted(wav_root.rglob("*.wav")):
-            out = dst / folder / data / "audio_log_mel" / wav.relative_to(wav_root).with_suffix(".pkl")
-            jobs.append(ClipJob(wav, {"logmel": out}, wav_clip, spec))
+            out = dst / folder / data / "audio_wave" / wav.relative_to(wav_root).with_suffix(".npy")
+            jobs.append(ClipJob(wav, {"audio": out}, wav_clip, spec))
     return jobs
 
 
 def _init_worker() -> None:
-    """Workers leave Ctrl-C to the parent, which cancels the clips not started, and use
-    one thread each: the parallelism is the processes'."""
+    """Workers leave Ctrl-C to the parent, which cancels the clips not started."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    torch.set_num_threads(1)
 
 
 def prepare(
@@ -239,8 +229,7 @@ def prepare(
     dst: Path,
     *,
     size: int = 224,
-    mel_bins: int = 64,
-    sample_rate: int = 16000,
+    sample_rate: int = 32000,
     workers: int = 1,
     console: Console | None = None,
 ) -> PrepareReport:
@@ -255,7 +244,8 @@ def prepare(
         raise FileNotFoundError(f"source directory {src} does not exist")
     console = console or Console(stderr=True)
     dst.mkdir(parents=True, exist_ok=True)
-    spec = MediaSpec(SEGMENTS[dataset], size, sample_rate, mel_bins)
+    spec = MediaSpec(SEGMENTS[dataset], size, sample_rate)
+    write_media_info(dst, dataset, spec)
     if dataset == "avsbench":
         jobs = _jobs_avsbench(src, dst, spec)
     else:
@@ -266,7 +256,7 @@ def prepare(
         jobs = _jobs_videos(src, dst, spec)
     pending = [job for job in jobs if not job.done()]
     report = PrepareReport(already_done=len(jobs) - len(pending))
-    # fork: a worker starts at once instead of importing torch again (seconds each)
+    # fork: a worker starts at once instead of importing the CLI's modules again (seconds each)
     context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +14,31 @@ from bench.data.ave import load_ave
 from bench.data.avsbench import load_avsbench
 from bench.data.errors import DataError, DataWarning
 from bench.data.llp import load_llp
+from bench.frontends import resample
 from bench.tasks.base import DataShape
 
-SHAPE = DataShape(image_size=16, mel_bins=8, mel_frames=6)
+RATE = 800  # the prepared trees' audio rate; SHAPE's is half, so loaders resample
+SHAPE = DataShape(image_size=16, sample_rate=400)
 HEADER = "Category&VideoID&Quality&StartTime&EndTime\n"
+
+
+def pcm(t: int) -> np.ndarray:
+    """int16 [t, RATE]: a 50 Hz tone at half scale, one second per segment."""
+    wave = 0.5 * np.sin(2 * np.pi * 50 * np.arange(t * RATE) / RATE)
+    return np.round(wave * 32767).astype(np.int16).reshape(t, RATE)
+
+
+def media_info(root: Path, rate: int = RATE) -> None:
+    (root / "media.json").write_text(json.dumps({"dataset": "ave", "sample_rate": rate, "size": 24}))
 
 
 def media(root: Path, videos: list[str], t: int = 10) -> None:
     (root / "frames").mkdir(parents=True, exist_ok=True)
-    (root / "logmel").mkdir(exist_ok=True)
+    (root / "audio").mkdir(exist_ok=True)
+    media_info(root)
     for v in videos:
         np.save(root / "frames" / f"{v}.npy", np.full((t, 20, 24, 3), 128, np.uint8))
-        np.save(root / "logmel" / f"{v}.npy", np.zeros((t, 64, 100), np.float32))
+        np.save(root / "audio" / f"{v}.npy", pcm(t))
 
 
 def ave_tree(root: Path, header: bool) -> None:
@@ -45,7 +58,11 @@ def test_ave_reads_with_and_without_header(tmp_path: Path, header: bool) -> None
     data = load_ave(tmp_path, SHAPE)
     assert [len(data[s]) for s in ("train", "val", "test")] == [2, 1, 1]
     item = data["train"][0]
-    assert item["audio"].shape == (10, 1, 8, 6) and item["audio"].dtype == torch.float32
+    # waveform in [-1, 1], resampled from the tree's 800 Hz to the preset's 400 Hz
+    assert item["audio"].shape == (10, 400) and item["audio"].dtype == torch.float32
+    expected = resample(torch.from_numpy(pcm(10)).float() / 32768.0, RATE, 400)
+    torch.testing.assert_close(item["audio"], expected)
+    assert 0.45 < item["audio"].abs().max() < 0.55
     assert item["visual"].shape == (10, 3, 16, 16) and item["visual"].dtype == torch.float32
     # sorted categories: Banjo 0, Church bell 1, Dog barking 2; background 28; [2, 5) carries the event
     assert item["label"].tolist() == [28, 28, 1, 1, 1, 28, 28, 28, 28, 28]
@@ -90,8 +107,11 @@ def test_ave_bad_lines(tmp_path: Path, file: str, text: str, match: str) -> None
 
 def test_ave_missing_files(tmp_path: Path) -> None:
     ave_tree(tmp_path, header=True)
-    (tmp_path / "logmel" / "vidC.npy").unlink()
-    with pytest.raises(DataError, match=r"logmel/vidC.npy: missing prepared media"):
+    (tmp_path / "audio" / "vidC.npy").unlink()
+    with pytest.raises(DataError, match=r"audio/vidC.npy: missing prepared media"):
+        load_ave(tmp_path, SHAPE)
+    (tmp_path / "media.json").unlink()
+    with pytest.raises(DataError, match=r"media.json: missing: not a tree written by `bench data prepare`"):
         load_ave(tmp_path, SHAPE)
     (tmp_path / "Annotations.txt").unlink()
     with pytest.raises(DataError, match=r"Annotations.txt: file not found"):
@@ -102,6 +122,10 @@ def test_ave_wrong_media_shape(tmp_path: Path) -> None:
     ave_tree(tmp_path, header=True)
     np.save(tmp_path / "frames" / "vidA.npy", np.zeros((9, 20, 24, 3), np.uint8))
     with pytest.raises(DataError, match=r"frames/vidA.npy: expected an array of shape \[10, \*, \*, 3\]"):
+        load_ave(tmp_path, SHAPE)["train"][0]
+    media_info(tmp_path, rate=1000)  # the arrays hold 800 samples a second, media.json says 1000
+    np.save(tmp_path / "frames" / "vidA.npy", np.zeros((10, 20, 24, 3), np.uint8))
+    with pytest.raises(DataError, match=r"audio/vidA.npy: expected an array of shape \[10, 1000\], got \[10, 800\]"):
         load_ave(tmp_path, SHAPE)["train"][0]
 
 
@@ -155,7 +179,7 @@ def test_llp_finds_media_under_the_csv_name_or_the_youtube_id(tmp_path: Path) ->
     test = load_llp(tmp_path, SHAPE)["test"]
     assert test.names == ["a_b-c_d"] and test[0]["gt_audio"][24].sum() == 3
     assert load_llp(tmp_path, SHAPE)["val"].names == ["v3_0_10"]  # the CSV's name, when prepared so
-    for sub in ("frames", "logmel"):
+    for sub in ("frames", "audio"):
         (tmp_path / sub / "a_b-c_d.npy").unlink()
     with pytest.raises(DataError) as err:
         load_llp(tmp_path, SHAPE)
@@ -190,10 +214,9 @@ def png(path: Path, array: np.ndarray) -> None:
     Image.fromarray(array).save(path)
 
 
-def logmel_pkl(path: Path, shape: tuple[int, ...] = (5, 1, 96, 64)) -> None:
+def wave_npy(path: Path, array: np.ndarray | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        pickle.dump(torch.randn(shape), f)
+    np.save(path, pcm(5) if array is None else array)
 
 
 def avs_tree(root: Path) -> None:
@@ -208,14 +231,15 @@ def avs_tree(root: Path) -> None:
             png(s4 / "s4_data/visual_frames" / split / cat / vid / f"{vid}_{i}.png", frame)
             if split == "test" or i == 1:
                 png(s4 / "s4_data/gt_masks" / split / cat / vid / f"{vid}_{i}.png", mask)
-        logmel_pkl(s4 / "s4_data/audio_log_mel" / split / cat / f"{vid}.pkl")
+        wave_npy(s4 / "s4_data/audio_wave" / split / cat / f"{vid}.npy")
     ms3 = root / "Multi-sources"
     ms3.mkdir()
     (ms3 / "ms3_meta_data.csv").write_text("video_id,split\nvM,val\n")
     for i in range(1, 6):
         png(ms3 / "ms3_data/visual_frames/vM" / f"vM.mp4_{i}.png", frame)
         png(ms3 / "ms3_data/gt_masks/val/vM" / f"vM_{i}.png", mask)
-    logmel_pkl(ms3 / "ms3_data/audio_log_mel/val/vM.pkl")
+    wave_npy(ms3 / "ms3_data/audio_wave/val/vM.npy")
+    media_info(root)
 
 
 def test_avsbench_reads_s4_and_ms3(tmp_path: Path) -> None:
@@ -223,7 +247,8 @@ def test_avsbench_reads_s4_and_ms3(tmp_path: Path) -> None:
     s4 = load_avsbench(tmp_path, "s4", SHAPE)
     assert [len(s4[s]) for s in ("train", "val", "test")] == [1, 0, 1]
     train = s4["train"][0]
-    assert train["audio"].shape == (5, 1, 8, 6) and train["visual"].shape == (5, 3, 16, 16)
+    assert train["audio"].shape == (5, 400) and train["visual"].shape == (5, 3, 16, 16)
+    torch.testing.assert_close(train["audio"], resample(torch.from_numpy(pcm(5)).float() / 32768.0, RATE, 400))
     assert train["mask"].shape == (5, 16, 16) and train["mask"].dtype == torch.bool
     assert train["frame_weight"].tolist() == [1, 0, 0, 0, 0]
     assert train["mask"][0, :8].all() and not train["mask"][0, 8:].any() and not train["mask"][1:].any()
@@ -238,8 +263,8 @@ def test_avsbench_bad_data(tmp_path: Path) -> None:
     png(bad, np.zeros((20, 24), np.uint8))
     with pytest.raises(DataError, match=r"vB_3.png: mask is 24x20 but its frame is 24x24"):
         load_avsbench(tmp_path, "s4", SHAPE)["test"][0]
-    logmel_pkl(tmp_path / "Multi-sources/ms3_data/audio_log_mel/val/vM.pkl", (5, 96, 64))
-    with pytest.raises(DataError, match=r"vM.pkl: expected a log-mel of shape \[5, 1, frames, mel_bins\]"):
+    wave_npy(tmp_path / "Multi-sources/ms3_data/audio_wave/val/vM.npy", pcm(4))
+    with pytest.raises(DataError, match=r"vM.npy: expected an array of shape \[5, 800\], got \[4, 800\]"):
         load_avsbench(tmp_path, "ms3", SHAPE)["val"][0]
     (tmp_path / "Multi-sources/ms3_data/visual_frames/vM/vM.mp4_2.png").unlink()
     with pytest.raises(DataError, match=r"vM.mp4_2.png: file not found"):

@@ -1,19 +1,20 @@
-"""`prepare` on generated clips: frame count and size, log-mel shape, corrupt clips, workers, resume."""
+"""`prepare` on generated clips: frame count and size, stored waveform, corrupt clips, workers, resume."""
 
 from __future__ import annotations
 
-import pickle
+import json
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-import torch
 from rich.console import Console
 
 from bench.cli import main
-from bench.data.prepare import log_mel, mel_filterbank, prepare
+from bench.data.ave import load_ave
+from bench.data.prepare import prepare
+from bench.tasks.base import DataShape
 
 FPS, SR = 10, 16000
 
@@ -51,26 +52,40 @@ def quiet() -> Console:
     return Console(file=open("/dev/null", "w"))  # noqa: SIM115
 
 
-def test_prepare_ave_writes_frames_and_log_mels(tmp_path: Path) -> None:
+def peak_hz(wave: np.ndarray, rate: int) -> float:
+    return float(np.abs(np.fft.rfft(wave)).argmax() * rate / len(wave))
+
+
+def test_prepare_ave_writes_frames_and_waveform_that_the_loader_reads(tmp_path: Path) -> None:
     src, dst = tmp_path / "raw", tmp_path / "prepared"
     src.mkdir()
     write_clip(src / "clipA.mp4")
     (src / "clipB.mp4").write_bytes(b"not a video at all")
-    (src / "Annotations.txt").write_text("Category&VideoID&Quality&StartTime&EndTime\nBanjo&clipA&good&0&3\n")
-    report = prepare("ave", src, dst, size=32, console=quiet())
+    rows = "Category&VideoID&Quality&StartTime&EndTime\nBanjo&clipA&good&0&3\n"
+    for name in ("Annotations.txt", "trainSet.txt", "valSet.txt", "testSet.txt"):
+        (src / name).write_text(rows)
+    report = prepare("ave", src, dst, size=32, sample_rate=SR, console=quiet())
     assert report.prepared == 1 and report.already_done == 0
     assert [Path(f).name for f, _ in report.failed] == ["clipB.mp4"] and report.failed[0][1]
+    assert json.loads((dst / "media.json").read_text()) == {"dataset": "ave", "sample_rate": SR, "size": 32}
     frames = np.load(dst / "frames" / "clipA.npy")
-    mel = np.load(dst / "logmel" / "clipA.npy")
+    pcm = np.load(dst / "audio" / "clipA.npy")
     assert frames.shape == (10, 32, 32, 3) and frames.dtype == np.uint8
-    assert mel.shape == (10, 64, 100) and mel.dtype == np.float32
+    assert pcm.shape == (10, SR) and pcm.dtype == np.int16
     assert frames[0, :, :, 0].max() > 150  # the red square is there
-    # the 440 Hz tone is loud in the first three seconds and the padding is silent
-    assert mel[:3].max(1).mean() > mel[5:].max(1).mean() + 10
+    # the 3 s tone at 440 Hz and half scale, then 7 s of silent padding
+    assert peak_hz(pcm[1].astype(np.float64), SR) == pytest.approx(440, abs=2)
+    assert 0.3 < np.sqrt(np.mean((pcm[1] / 32768.0) ** 2)) < 0.4  # 0.5 / sqrt(2), less the codec's loss
+    assert not pcm[4:].any()
     assert (dst / "Annotations.txt").read_text().startswith("Category")
     assert not list(dst.rglob("*.tmp"))
-    again = prepare("ave", src, dst, size=32, console=quiet())
+    # the loader resamples the stored waveform to a preset's rate
+    audio = load_ave(dst, DataShape(image_size=16, sample_rate=8000))["train"][0]["audio"]
+    assert audio.shape == (10, 8000) and peak_hz(audio[1].numpy(), 8000) == pytest.approx(440, abs=2)
+    again = prepare("ave", src, dst, size=32, sample_rate=SR, console=quiet())
     assert again.prepared == 0 and again.already_done == 1 and len(again.failed) == 1
+    with pytest.raises(ValueError, match=r"media.json: .* was prepared with .*'sample_rate': 16000.* not .*32000"):
+        prepare("ave", src, dst, size=32, sample_rate=32000, console=quiet())
 
 
 def test_prepare_in_workers_matches_one_worker_resumes_and_exits_1_naming_a_corrupt_clip(
@@ -87,22 +102,25 @@ def test_prepare_in_workers_matches_one_worker_resumes_and_exits_1_naming_a_corr
     assert main([*args, "--dst", str(tmp_path / "two"), "--workers", "2"]) == 1
     err = " ".join(capsys.readouterr().err.split())
     assert "ave: 4 prepared, 0 already done, 1 failed" in err and "failed" in err and "broken.mp4" in err
-    for sub in ("frames", "logmel"):
+    for sub in ("frames", "audio"):
         for i in range(4):
             one, two = (np.load(tmp_path / d / sub / f"clip{i}.npy") for d in ("one", "two"))
             assert np.array_equal(one, two)
     assert not list((tmp_path / "two").rglob("*.tmp"))
-    # resumable: a clip whose log-mel is missing is redone, finished ones are skipped
-    (tmp_path / "two" / "logmel" / "clip3.npy").unlink()
+    # resumable: a clip whose audio is missing is redone, finished ones are skipped
+    (tmp_path / "two" / "audio" / "clip3.npy").unlink()
     assert main([*args, "--dst", str(tmp_path / "two"), "--workers", "2"]) == 1
     assert "ave: 1 prepared, 3 already done, 1 failed" in " ".join(capsys.readouterr().err.split())
     (src / "broken.mp4").unlink()
     assert main([*args, "--dst", str(tmp_path / "two"), "--workers", "2"]) == 0
     assert main([*args, "--dst", str(tmp_path / "two"), "--workers", "0"]) == 2
     assert "--workers must be > 0" in capsys.readouterr().err
+    # another rate into the same tree would mix two kinds of array: exit 2 naming media.json
+    assert main([*args, "--dst", str(tmp_path / "two"), "--sample-rate", "16000"]) == 2
+    assert "media.json" in capsys.readouterr().err
 
 
-def test_prepare_avsbench_recomputes_log_mels(tmp_path: Path) -> None:
+def test_prepare_avsbench_writes_waveform_per_frame(tmp_path: Path) -> None:
     src, dst = tmp_path / "raw", tmp_path / "prepared"
     base = src / "Single-source" / "s4_data"
     (base / "audio_wav/train/dog").mkdir(parents=True)
@@ -113,22 +131,11 @@ def test_prepare_avsbench_recomputes_log_mels(tmp_path: Path) -> None:
     report = prepare("avsbench", src, dst, console=quiet())
     assert report.prepared == 1 and not report.failed
     out = dst / "Single-source/s4_data"
-    with (out / "audio_log_mel/train/dog/vA.pkl").open("rb") as f:
-        mel = pickle.load(f)
-    assert mel.shape == (5, 1, 100, 64)
+    pcm = np.load(out / "audio_wave/train/dog/vA.npy")
+    assert pcm.shape == (5, 32000) and pcm.dtype == np.int16  # the 16 kHz wav at the default 32 kHz
+    assert peak_hz(pcm[2].astype(np.float64), 32000) == pytest.approx(440, abs=2)
     assert (out / "visual_frames/train/dog/vA/vA_1.png").is_file()
     assert (dst / "Single-source/s4_meta_data.csv").is_file()
-
-
-def test_mel_filterbank_and_tone_peak() -> None:
-    fb = mel_filterbank(512, 64, SR)
-    assert fb.shape == (64, 257) and (fb >= 0).all() and (fb.sum(0)[1:-1] > 0).all()
-    t = torch.arange(SR) / SR
-    spec = log_mel(torch.sin(2 * torch.pi * 1000 * t), SR, 64)
-    assert spec.shape == (64, 101)
-    peak = spec.mean(1).argmax().item()
-    centres = fb.argmax(1) * (SR / 2) / 256
-    assert centres[peak] == pytest.approx(1000, rel=0.1)
 
 
 def test_prepare_rejects_unknown_dataset(tmp_path: Path) -> None:
