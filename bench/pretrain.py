@@ -57,7 +57,8 @@ FACTORS: dict[str, tuple[tuple[str, int], ...]] = {
     "visual": (("shape", len(SCENE_SHAPES)), ("hue", SCENE_HUES), ("orientation", SCENE_ORIENTATIONS)),
 }
 DATA = {
-    "audio": f"log-mel-like spectrograms with 0-2 harmonic sources ({SOURCE_PITCHES} pitch steps x "
+    "audio": f"one-second waveforms, heard through each tower's own front-end, with 0-2 harmonic sources "
+    f"({SOURCE_PITCHES} pitch steps x "
     f"{', '.join(SOURCE_PATTERNS)}; 2-4 harmonics, random roll-off) over noise with a distractor tone; "
     "multi-hot labels: pitches present, patterns present (none: noise only)",
     "visual": f"frames with 1-3 objects, one per quadrant ({', '.join(SCENE_SHAPES)} x {SCENE_HUES} hue bins, "
