@@ -120,7 +120,9 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
                             source=source,
                             seed=seed,
                             device=plan.device,
-                            train=build_section(TrainConfig, "train", preset.train, overrides),
+                            train=build_section(
+                                TrainConfig, "train", {**preset.train, **get_method(method).train_defaults}, overrides
+                            ),
                             measure=build_section(MeasureConfig, "measure", {}, overrides),
                             towers=build_section(TowersConfig, "towers", {}, overrides),
                             method_cfg=build_section(get_method(method).config_cls, method, {}, overrides),
@@ -130,7 +132,8 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
                     )
     for run in runs:  # weights that cannot be found, or a budget reference that is no method, are usage errors too
         resolve_weights(preset, run.towers, get_method(run.method).towers, rebuild=False)
-        get_method(run.train.budget_reference)
+        if run.train.budget == "flops":  # loaded only when used: a run imports only its own plug-ins
+            get_method(run.train.budget_reference)
     return runs
 
 

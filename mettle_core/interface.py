@@ -200,13 +200,16 @@ class MethodEntry:
     """A method: its config dataclass, its builder `build(towers, task_spec, config) ->
     AdaptedEncoder` and the tower roles it reads (so that the harness resolves, and records,
     exactly those towers' weights). Each method module holds one as `METHOD`; the harness's
-    registry names where."""
+    registry names where. `train_defaults` are the method's own defaults for the harness's
+    training settings (its learning rate, chosen on val like its config's defaults); the
+    preset's come first, then these, then the user's `--set train.KEY=VALUE`."""
 
     name: str
     config_cls: type
     build: Callable[[Towers, TaskSpec, Any], AdaptedEncoder]
     description: str
     towers: tuple[TowerRole, ...]
+    train_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config_cls):

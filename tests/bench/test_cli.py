@@ -166,7 +166,8 @@ def prepared_ave(root: Path) -> Path:
                         ("testSet.txt", rows[3:])):  # fmt: skip
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text("".join(f"{r}\n" for r in lines))
-    for sub, shape, dtype in (("frames", (10, 24, 24, 3), np.uint8), ("logmel", (10, 64, 100), np.float32)):
+    (root / "media.json").write_text('{"dataset": "ave", "sample_rate": 16000, "size": 24}')
+    for sub, shape, dtype in (("frames", (10, 24, 24, 3), np.uint8), ("audio", (10, 16000), np.int16)):
         (root / sub).mkdir()
         for video in ("vidA", "vidB", "vidC"):
             np.save(root / sub / f"{video}.npy", np.zeros(shape, dtype))

@@ -43,7 +43,7 @@ def test_near_miss_must_be_a_probability(value: float) -> None:
 
 
 def test_one_segment_clips_are_generated() -> None:
-    shape = DataShape(image_size=16, mel_bins=16, mel_frames=16)
+    shape = DataShape(image_size=16, sample_rate=800)
     data = make_synthetic_ave(AveConfig(segments=1), 40, shape, seed=0).tensors
     assert data["label"].shape == (40, 1) and data["audio"].shape[:2] == data["visual"].shape[:2] == (40, 1)
     assert (data["label"] < BACKGROUND).all()  # the seen and heard intervals both fill a one-segment clip
