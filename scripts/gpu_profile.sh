@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Profile the methods on one CUDA GPU in a few minutes (an H100's run: results/profile-gpu/):
+# Profile the methods on one CUDA GPU in a few minutes (an H100 run of the ViT-era towers: results/archive/vit-towers/profile-gpu/):
 # every method at the paper and base presets (batch 1, T = 10: measured peak allocated /
 # reserved memory, step time, FLOPs; at paper also against DG-SCT, as in the Mettle paper's
 # Fig. 1c), the largest batch that fits in 24 GiB for Mettle and LAVisH at the paper preset

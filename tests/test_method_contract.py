@@ -131,3 +131,22 @@ def test_config_is_a_validated_dataclass(method):
     cfg_cls = METHODS.get(method).config_cls
     assert dataclasses.is_dataclass(cfg_cls)
     cfg_cls()  # defaults are valid
+
+
+def test_train_defaults_name_train_fields_and_sit_between_the_preset_and_the_user(method: str) -> None:
+    """A method's own training defaults (its learning rate, chosen on val) replace the preset's
+    and yield to `--set train.KEY=VALUE`; a key that is not a TrainConfig field would be
+    silently ignored, so none may exist."""
+    from bench.config import TrainConfig
+    from bench.runner import RunPlan, resolve
+
+    entry = METHODS.get(method)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert set(entry.train_defaults) <= fields
+    preset = get_preset("smoke")
+    (run,) = resolve(RunPlan(methods=[method], tasks=["ave"], preset="smoke"))
+    for key in fields:
+        want = entry.train_defaults.get(key, preset.train.get(key, getattr(TrainConfig(), key)))
+        assert getattr(run.train, key) == want, key
+    (user,) = resolve(RunPlan(methods=[method], tasks=["ave"], preset="smoke", overrides=["train.lr=0.0123"]))
+    assert user.train.lr == 0.0123
