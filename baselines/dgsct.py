@@ -69,7 +69,9 @@ T = TypeVar("T")
 
 @dataclass
 class DgsctConfig:
-    """num_tokens: latent tokens per adapter; reduction: bottleneck D -> D // reduction; groups:
+    """num_tokens: latent tokens per adapter (the official train.sh sets 32; 8 was chosen on
+    val by bench/plans/reference.toml on the tiny preset, over 32, each at two learning rates,
+    see results/tables/selection.md); reduction: bottleneck D -> D // reduction; groups:
     groups of both bottleneck convs; batchnorm: BatchNorm after each of them; gates: the audio
     adapters' zero-init output gate (the official is_gate; the visual adapters always have one);
     layernorm_before / layernorm_post: LayerNorm before / after the bottleneck; pool: `spatial`
@@ -78,7 +80,7 @@ class DgsctConfig:
     towers follow the model's train mode (drop path, HTS-AT's SpecAugment), as in the official
     main_trans.py, which calls model.train() on the whole model."""
 
-    num_tokens: int = 32
+    num_tokens: int = 8
     reduction: int = 8
     groups: int = 2
     batchnorm: bool = True
@@ -410,4 +412,5 @@ METHOD = MethodEntry(
     "DG-SCT (Duan et al., NeurIPS 2023): adapters guided by the other modality (latent tokens, channel and "
     "spatial attention) at paired blocks of separate frozen towers, temporal attention on classification.",
     towers=("audio", "visual"),
+    train_defaults={"lr": 1e-3},  # chosen on val with num_tokens (bench/plans/reference.toml)
 )

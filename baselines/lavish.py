@@ -31,7 +31,9 @@ _VIT_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2",
 
 @dataclass
 class LavishConfig:
-    """num_latent: latent tokens per adapter (None: 2 for classification, 16 for segmentation);
+    """num_latent: latent tokens per adapter (None: the official 2 for classification, 16 for
+    segmentation; 8, the default, was chosen on val by bench/plans/reference.toml over None,
+    each at two learning rates, see results/tables/selection.md);
     reduction: bottleneck D -> D // reduction (None: 8 classification, 4 segmentation);
     groups: groups of both 1x1 convs; batchnorm: BN after each conv; gates: zero-initialised
     output gate; layernorm: LayerNorm before and after the bottleneck; tower_train_mode: the
@@ -39,7 +41,7 @@ class LavishConfig:
     model.train() on the whole model), so its stochastic depth (timm's drop-path, 0.1 at the
     top of Swin-V2) is active while training; false keeps it in eval mode."""
 
-    num_latent: int | None = None
+    num_latent: int | None = 8
     reduction: int | None = None
     groups: int = 2
     batchnorm: bool = True
@@ -207,4 +209,5 @@ METHOD = MethodEntry(
     build,
     "LAVisH: latent audio-visual adapters in one shared frozen tower.",
     towers=("shared",),
+    train_defaults={"lr": 3e-3},  # chosen on val with num_latent (bench/plans/reference.toml)
 )

@@ -92,4 +92,5 @@ METHOD = MethodEntry(
     build,
     "LoRA (peft) on the attention projections of both separate towers.",
     towers=("audio", "visual"),
+    train_defaults={"lr": 3e-3},  # chosen on val over rank and targets (bench/plans/reference.toml)
 )

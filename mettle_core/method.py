@@ -19,4 +19,5 @@ METHOD = MethodEntry(
         "meta-token injection into the visual pyramid for segmentation (MTI)."
     ),
     towers=("audio", "visual"),
+    train_defaults={"lr": 3e-3},  # chosen on val with `pool` (bench/plans/reference.toml)
 )

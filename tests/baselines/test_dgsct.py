@@ -47,7 +47,7 @@ def adapter_params(enc: DgsctEncoder) -> int:
 def test_paper_count_equals_the_official_code() -> None:
     audio, visual = meta_towers("paper")
     with torch.device("meta"):
-        enc = DgsctEncoder(audio, visual, TaskSpec("ave", num_segments=10), DgsctConfig())
+        enc = DgsctEncoder(audio, visual, TaskSpec("ave", num_segments=10), DgsctConfig(num_tokens=32))  # train.sh
     # the official forward_swin: blocks paired 1:1 except Swin-V2-L's third stage, where audio
     # block j meets visual block 3j + 2
     third = [(4 + 3 * j + 2, 4 + j) for j in range(6)]
