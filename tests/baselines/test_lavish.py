@@ -118,10 +118,11 @@ def test_task_defaults() -> None:
 
 
 def test_swinv2_large_count_matches_official() -> None:
-    """Swin-V2-L (depths 2-2-18-2, widths 192..1536), AVE settings: about 8.45M adapter parameters."""
+    """Swin-V2-L (depths 2-2-18-2, widths 192..1536), the official AVE settings (2 latent tokens):
+    about 8.45M adapter parameters."""
     with torch.device("meta"):
         bb = Backbone(timm.create_model("swinv2_large_window12_192", num_classes=0))
-        enc = LavishEncoder(bb, CLS, LavishConfig())
+        enc = LavishEncoder(bb, CLS, LavishConfig(num_latent=None))
     assert [u.dim for u in bb.units] == [192] * 2 + [384] * 2 + [768] * 18 + [1536] * 2
     counted = sum(p.numel() for p in enc.adapters.parameters())
     assert counted == lavish_param_count([u.dim for u in bb.units], enc.cfg)

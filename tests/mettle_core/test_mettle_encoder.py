@@ -132,17 +132,18 @@ def test_param_count_matches_formula(family: str, spec: TaskSpec, overrides: dic
 def test_param_count_by_hand(smoke: tuple[Backbone, Backbone]) -> None:
     # LCD(D), K=8, r=8: meta 8D + norm 2D + down D*D/8 + D/8 + up D/8*D + D + gate 1.
     # ViT D=32: 256 + 64 + 132 + 160 + 1 = 613, three blocks, two towers, one stage: no projection.
-    assert trainable_count(build("vit")) == 2 * 3 * 613
+    # Mean pooling (no parameters) first; the pools' own parameters are counted at the end.
+    assert trainable_count(build("vit", pool="mean")) == 2 * 3 * 613
     # Swin-V2 widths 16 | 32 | 64 64 64 | 128: LCDs 243 + 613 + 3 * 1737 + 5521 = 11588; HTS-AT widths
     # 16 | 32 | 64 | 128: 243 + 613 + 1737 + 5521 = 8114.
     lcd = 11588 + 8114
     # width=stage: one projection per narrower stage in each tower, (16 + 1 + 32 + 1 + 64 + 1) * 128.
     per_stage = 2 * 115 * 128
-    enc = on(smoke)
+    enc = on(smoke, pool="mean")
     assert trainable_count(enc) == lcd + per_stage == 49142
     assert enc.param_breakdown() == {"lcd": lcd, "aggregation": per_stage, "pool": 0, "mti": 0}
     # width=block: one per narrower layer: Swin-V2's third stage has three, (17 + 33 + 3 * 65) * 128.
-    assert trainable_count(on(smoke, width="block")) == lcd + (17 + 33 + 3 * 65) * 128 + 115 * 128
+    assert trainable_count(on(smoke, width="block", pool="mean")) == lcd + (17 + 33 + 3 * 65) * 128 + 115 * 128
     # pool: a query per tower (D) or a K*D -> D projection per tower.
     assert trainable_count(on(smoke, pool="attention")) == 49142 + 2 * 128
     assert trainable_count(on(smoke, pool="concat")) == 49142 + 2 * (8 * 128 * 128 + 128)
@@ -203,7 +204,8 @@ def test_saved_bytes_are_the_floor_plus_k_token_activations_with_normalised_keys
 
     def measure(depth: int) -> tuple[int, int]:
         torch.manual_seed(0)
-        enc = MettleEncoder(vit(1, depth), vit(3, depth), CLS, MettleConfig(key_norm="layernorm", recompute=recompute))
+        cfg = MettleConfig(key_norm="layernorm", recompute=recompute, pool="mean")  # LCD alone, no pool parameters
+        enc = MettleEncoder(vit(1, depth), vit(3, depth), CLS, cfg)
         saved = saved_bytes(enc, lambda: probe_loss(enc, audio, visual))
         return saved, enc.memory_floor_bytes(audio, visual)
 
