@@ -570,6 +570,18 @@ def _console_warnings(console: Console, default: Callable[..., None]) -> Callabl
     return show
 
 
+def _check_folders(args: argparse.Namespace) -> None:
+    """An output folder (--out, --dst) that is, or lies under, an existing file is a usage
+    error before any work, not a traceback after the first measurement."""
+    for flag in ("out", "dst"):
+        path = getattr(args, flag, None)
+        if not isinstance(path, Path):
+            continue
+        for folder in (path, *path.parents):
+            if folder.exists() and not folder.is_dir():
+                raise UsageError(f"--{flag} {path}: {folder} is a file, not a folder")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -579,6 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _console_warnings(console, warnings.showwarning)
+            _check_folders(args)
             return COMMANDS[args.command](args, console)
     except (UsageError, ConfigError, UnknownNameError) as err:
         console.print(f"[red]error:[/] {err}")

@@ -312,3 +312,13 @@ def test_a_plan_file_runs_each_methods_candidates_and_the_tables_keep_the_chosen
     bad = tmp_path / "bad.toml"
     bad.write_text('[candidates]\nlora = ["lora.r=2"]\n')
     assert main(["run", "--plan", str(bad), "--out", str(tmp_path / "out")]) == 2
+
+
+@pytest.mark.parametrize("command", [["run", "--preset", "smoke"], ["profile", "--preset", "smoke"], ["table"]])
+def test_an_output_folder_under_a_file_exits_2_before_any_work(command, tmp_path, capsys):
+    blocker = tmp_path / "prof"
+    blocker.write_text("a file, not a folder")
+    assert main([*command, "--out", str(blocker / "paper-T10")]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"--out {blocker / 'paper-T10'}: {blocker} is a file, not a folder" in err
+    assert blocker.read_text() == "a file, not a folder"
