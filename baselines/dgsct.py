@@ -59,7 +59,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from mettle_core.backbone import Backbone, Unit
-from mettle_core.interface import AdaptedEncoder, AVFeatures, MethodEntry, TaskSpec, Towers, validate_config
+from mettle_core.interface import (
+    AdaptedEncoder,
+    AVFeatures,
+    MethodEntry,
+    TaskSpec,
+    Towers,
+    unique_parameters,
+    validate_config,
+)
 
 CHANNEL_WEIGHT, SPATIAL_WEIGHT = 0.3, 0.05  # the official rescaling x * (0.3 c + 0.05 s + 1 - 0.3)
 TEMPORAL_WIDTH = 256  # the AVE temporal attention's model width, and so the features' width after it
@@ -333,11 +341,7 @@ class DgsctEncoder(AdaptedEncoder):
         return self
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        seen: set[int] = set()
-        for p in [*self.audio_bb.parameters(), *self.visual_bb.parameters()]:
-            if id(p) not in seen:
-                seen.add(id(p))
-                yield p
+        return unique_parameters(self.audio_bb, self.visual_bb)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
         """Adapters and temporal attention at `lr` (the official AVE code trains them at one lr)."""

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mettle_core.backbone import Backbone, Modality
-from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
+from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, unique_parameters
 
 
 def run_tower(
@@ -56,11 +56,7 @@ class PooledTowersEncoder(AdaptedEncoder):
         return self
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        seen: set[int] = set()
-        for p in list(self.audio_bb.parameters()) + list(self.visual_bb.parameters()):
-            if id(p) not in seen:
-                seen.add(id(p))
-                yield p
+        return unique_parameters(self.audio_bb, self.visual_bb)
 
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> AVFeatures:
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):

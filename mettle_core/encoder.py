@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mettle_core.backbone import Backbone, Modality
-from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, validate_config
+from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, unique_parameters, validate_config
 from mettle_core.lcd import (
     LCD,
     Aggregate,
@@ -238,11 +238,7 @@ class MettleEncoder(AdaptedEncoder):
         return self
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        seen: set[int] = set()
-        for p in [*self.audio_bb.parameters(), *self.visual_bb.parameters()]:
-            if id(p) not in seen:
-                seen.add(id(p))
-                yield p
+        return unique_parameters(self.audio_bb, self.visual_bb)
 
     def mettle_parameters(self) -> list[nn.Parameter]:
         frozen = {id(p) for p in self.backbone_parameters()}

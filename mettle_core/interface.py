@@ -192,6 +192,17 @@ class Registry(Generic[T]):
         return name in self._entries or name in self._places
 
 
+def unique_parameters(*modules: nn.Module) -> Iterator[nn.Parameter]:
+    """The parameters of `modules`, each once: two roles may hold one tower (a tower passed as
+    both), and an optimiser or a count must not see its weights twice."""
+    seen: set[int] = set()
+    for module in modules:
+        for p in module.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield p
+
+
 TowerRole = Literal["audio", "visual", "shared"]
 
 

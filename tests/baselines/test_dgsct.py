@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from baseline_helpers import CLS, SEG, av_batch, preset_towers, probe_loss
+from baseline_helpers import CLS, SEG, av_batch, frozen_reference, preset_towers, probe_loss
 
 from baselines.dgsct import (
     DgsctConfig,
@@ -18,7 +18,7 @@ from baselines.dgsct import (
 )
 from bench.presets import get_preset
 from bench.towers import build_backbone
-from mettle_core.backbone import Backbone, Modality
+from mettle_core.backbone import Backbone
 from mettle_core.interface import TaskSpec
 
 # The official count, from haoyi-duan/DG-SCT (DG-SCT/AVE/nets/net_trans.py, MMIL_Net) built on the
@@ -107,15 +107,6 @@ def test_param_count_formula_tiny(family: str, cfg: DgsctConfig, spec: TaskSpec)
     widths = (towers.audio.out_dim, towers.visual.out_dim) if enc.temporal is not None else None
     counted = sum(p.numel() for p in enc.parameters() if p.requires_grad)
     assert counted == dgsct_param_count(pair_shapes(towers.visual, towers.audio), cfg, widths)
-
-
-def frozen_reference(
-    bb: Backbone, x: torch.Tensor, modality: Modality, keep: tuple[int, ...]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The plain tower's pooled output and pyramid maps on [B, T, ...] input."""
-    with torch.no_grad():
-        last, kept = bb.forward_units(bb.prepare(x.flatten(0, 1), modality))
-    return bb.pool(last).reshape(*x.shape[:2], -1), [bb.grid(kept[i]) for i in keep]
 
 
 @pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])

@@ -5,20 +5,19 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-from baseline_helpers import CLS, SEG, assert_state_dict_round_trip, av_batch, preset_towers, probe_loss
+from baseline_helpers import (
+    CLS,
+    SEG,
+    assert_state_dict_round_trip,
+    av_batch,
+    frozen_reference,
+    preset_towers,
+    probe_loss,
+)
 
 from baselines.lavish import METHOD, LavishConfig, LavishEncoder, lavish_param_count
-from mettle_core.backbone import Backbone, Modality
+from mettle_core.backbone import Backbone
 from mettle_core.interface import TaskSpec
-
-
-def frozen_reference(
-    bb: Backbone, x: torch.Tensor, modality: Modality, keep: tuple[int, ...]
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The plain tower's pooled output and pyramid maps on [B, T, ...] input."""
-    with torch.no_grad():
-        last, kept = bb.forward_units(bb.prepare(x.flatten(0, 1), modality))
-    return bb.pool(last).reshape(*x.shape[:2], -1), [bb.grid(kept[i]) for i in keep]
 
 
 @pytest.mark.parametrize("spec", [CLS, SEG], ids=["cls", "seg"])
