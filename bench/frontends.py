@@ -61,7 +61,9 @@ class _Resample(nn.Module):
         return _polyphase(wave, self.kernel.to(wave.dtype), self.up, self.down, self.left)
 
 
-def _resampler(orig_hz: int | None, new_hz: int) -> nn.Module:
+def resampler(orig_hz: int | None, new_hz: int) -> nn.Module:
+    """`resample` from orig_hz to new_hz as a module that builds its filters once (identity
+    when the rates are equal or the input rate is unknown)."""
     return nn.Identity() if orig_hz is None or orig_hz == new_hz else _Resample(orig_hz, new_hz)
 
 
@@ -120,7 +122,7 @@ class LogMelFrontend(nn.Module):
     ) -> None:
         super().__init__()
         self.hop = hop
-        self.resample = _resampler(input_rate, sample_rate)
+        self.resample = resampler(input_rate, sample_rate)
         hann = torch.hann_window(window, periodic=True, dtype=torch.float64).to(torch.get_default_dtype())
         self.register_buffer("window", hann, persistent=False)
         mel = LogmelFilterBank(sr=sample_rate, n_fft=window, n_mels=mel_bins, fmin=fmin, fmax=fmax).melW.detach()
@@ -190,7 +192,7 @@ class FbankFrontend(nn.Module):
         length = int(sample_rate * frame_length_ms * 0.001)
         self.fft = 1 << (length - 1).bit_length()
         self.frames, self.mean, self.std = frames, mean, std
-        self.resample = _resampler(input_rate, sample_rate)
+        self.resample = resampler(input_rate, sample_rate)
         hann = torch.hann_window(length, periodic=False, dtype=torch.float64)
         self.register_buffer("window", hann.to(torch.get_default_dtype()), persistent=False)
         mel = _kaldi_mel_banks(mel_bins, self.fft, sample_rate)

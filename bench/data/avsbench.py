@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from bench.data.errors import DataError
 from bench.data.media import audio_tensor, load_array, media_rate, visual_tensor
+from bench.frontends import resampler
 from bench.tasks.base import SPLITS, Batch, DataShape
 
 FRAMES = 5
@@ -97,6 +98,7 @@ def load_png(path: Path, mode: str) -> np.ndarray:
 class AvsBenchDataset(Dataset):
     def __init__(self, videos: list[AvsVideo], shape: DataShape, rate: int) -> None:
         self.videos, self.shape, self.rate = videos, shape, rate
+        self.resample = resampler(rate, shape.sample_rate)  # filters built once, not per item
         for v in videos:  # fail early, naming the first missing file
             for p in (*v.frames, v.audio, *v.masks):
                 if not p.is_file():
@@ -119,7 +121,7 @@ class AvsBenchDataset(Dataset):
         weight = torch.zeros(FRAMES)
         weight[: len(v.masks)] = 1.0
         return {
-            "audio": audio_tensor(load_array(v.audio, (FRAMES, self.rate), np.int16), self.rate, self.shape),
+            "audio": audio_tensor(load_array(v.audio, (FRAMES, self.rate), np.int16), self.resample),
             "visual": visual_tensor(frames, s),
             "mask": mask,
             "frame_weight": weight,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from bench.data.errors import DataError
-from bench.frontends import resample
+from bench.frontends import resampler
 from bench.tasks.base import Batch, DataShape
 
 MEDIA_INFO = "media.json"
@@ -39,10 +39,10 @@ def visual_tensor(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     return (x - IMAGENET_MEAN) / IMAGENET_STD
 
 
-def audio_tensor(pcm: np.ndarray | torch.Tensor, rate: int, shape: DataShape) -> torch.Tensor:
-    """int16 [T, rate] -> float32 [T, shape.sample_rate] in [-1, 1], the synthetic sources' form."""
-    x = torch.as_tensor(pcm).float() / 32768.0
-    return resample(x, rate, shape.sample_rate)
+def audio_tensor(pcm: np.ndarray | torch.Tensor, resample: torch.nn.Module) -> torch.Tensor:
+    """int16 [T, rate] -> float32 [T, rate'] in [-1, 1], the synthetic sources' form, through
+    `resample` (bench.frontends.resampler from the tree's rate to the preset's)."""
+    return resample(torch.as_tensor(pcm).float() / 32768.0)
 
 
 def media_rate(root: Path) -> int:
@@ -104,6 +104,7 @@ class PreparedAVDataset(Dataset):
     ) -> None:
         self.root, self.targets, self.shape, self.segments = root, targets, shape, segments
         self.rate = media_rate(root)
+        self.resample = resampler(self.rate, shape.sample_rate)  # filters built once, not per item
         self.names = [media_name(root, (v, *aliases(v))) for v in videos]  # fail early, naming the missing files
 
     def __len__(self) -> int:
@@ -114,7 +115,7 @@ class PreparedAVDataset(Dataset):
         frames = load_array(self.root / "frames" / f"{v}.npy", (t, None, None, 3), np.uint8)
         pcm = load_array(self.root / "audio" / f"{v}.npy", (t, self.rate), np.int16)
         return {
-            "audio": audio_tensor(pcm, self.rate, self.shape),
+            "audio": audio_tensor(pcm, self.resample),
             "visual": visual_tensor(frames, self.shape.image_size),
             **{k: x[i] for k, x in self.targets.items()},
         }
