@@ -41,6 +41,16 @@ def _seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"--seeds expects comma-separated integers, got {text!r}") from None
 
 
+def _run_workers(text: str) -> int | None:
+    """auto (None: one run per core on a CPU, see bench.workers) or a count, checked later."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers expects auto or a number of processes, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
         "the candidate with the best mean rank of its val metric over the tasks",
     )
     run.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    run.add_argument(
+        "--workers",
+        type=_run_workers,
+        default=None,
+        metavar="N",
+        help="runs at once, each in its own process with its share of the cores; timing passes run alone "
+        "(default: auto, one per core on a CPU, 1 on a GPU)",
+    )
 
     sweep = sub.add_parser("sweep", help="ablation grids and multi-objective studies (optuna), one run per trial")
     sweep.add_argument("--study-file", type=Path, default=None, help="a ready-made study, e.g. bench/studies/*.toml")
@@ -206,6 +224,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         candidates=file.candidates,
         tune=args.tune,
         command=args.command_line,
+        workers=args.workers,
     )
     resolve(plan)  # usage errors surface before any work
     with distributed(args.device):

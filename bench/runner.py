@@ -4,14 +4,11 @@ appends one record each. A failure ends that run with a status, never the sweep.
 from __future__ import annotations
 
 import dataclasses
-import time
-import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -27,14 +24,15 @@ from bench.config import (
     parse_overrides,
 )
 from bench.device import is_main_process, resolve_device
+from bench.jobs import Context, Display, Job, run_serially
 from bench.plan import Candidate, candidate_label
 from bench.presets import Preset, get_preset
 from bench.registry import METHODS, TASKS, get_method, get_task, task_names
-from bench.results import ResultsStore, environment, git_state, new_record, run_key
-from bench.tasks.base import DataShape, Task
-from bench.train import NonFiniteLoss, train_run
+from bench.results import ResultsStore, git_state, run_key
+from bench.tasks.base import Task
 from bench.weights import resolve as resolve_weights
 from bench.weights import shipped_files
+from bench.workers import check_workers, run_in_processes, threads_per_worker
 
 
 @dataclass
@@ -53,6 +51,7 @@ class RunPlan:
     candidates: dict[str, list[Candidate]] = field(default_factory=dict)
     tune: str | None = None  # "section.key=v1,v2,...": the same candidates for every method
     command: str | None = None  # the command line that asked for these runs; every record keeps it
+    workers: int | None = 1  # runs at once, each in a process of its own (bench.workers); None: one per core
 
     def candidates_of(self, method: str) -> list[Candidate]:
         if self.tune:
@@ -92,6 +91,7 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
     """Check every name and override before anything runs (bad usage exits 2)."""
     preset = get_preset(plan.preset)
     resolve_device(plan.device)
+    check_workers(plan.workers, plan.device)
     for m in plan.methods:
         get_method(m)
     for t in plan.tasks:
@@ -149,31 +149,14 @@ def for_source(task: Task, source: str, cfg: Any, overrides: list[Override]) -> 
     return dataclasses.replace(cfg, **task.real_fixes)
 
 
-class DataCache:
-    """Datasets are built once per (task, source, config) and shared by every method,
-    so all methods see exactly the same samples. Runs come task by task, so only the
-    latest datasets are kept: a split of one-second waveforms is hundreds of MB."""
-
-    def __init__(self) -> None:
-        self._key: str | None = None
-        self._datasets: Any = None
-
-    def get(self, run: ResolvedRun, shape: DataShape) -> Any:
-        key = repr((run.task, run.source, run.task_cfg, shape))
-        if key != self._key:
-            self._datasets = None  # free the previous task's data before building the next
-            self._datasets = get_task(run.task).datasets(run.task_cfg, shape, run.source)
-            self._key = key
-        return self._datasets
-
-
 def execute(
     plan: RunPlan,
     out_dir: Path,
     console: Console | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the plan; return the records of this invocation (skipped ones included, read back)."""
+    """Run the plan; return the records of this invocation in plan order (skipped ones
+    included, read back)."""
     console = console or Console(stderr=True)
     runs = resolve(plan)
     store = ResultsStore(out_dir)
@@ -184,9 +167,23 @@ def execute(
     preset = get_preset(plan.preset)
     if any(s.origin == "cache" for r in runs for s in _sources(preset, r, rebuild=False).values()):
         shipped_files(preset, log=console.print)  # a first-use rebuild happens here, outside any run's timing
-    cache = DataCache()
-    git = git_state(out_dir)  # the code this invocation runs, even if a commit lands while it works
-    records = []
+    records: dict[int, dict[str, Any]] = {}
+    todo = []
+    for index, run in enumerate(runs):
+        job = Job(index, run, run_key(run.method, run.task, run.preset, run.source, run.seed, run.to_dict()))
+        changed = job.key in finished and weights_changed(finished[job.key], preset, run)
+        if job.key in finished and not plan.force and not changed:
+            console.print(f"skip {job.label}: already finished in {store.path} (use --force to rerun)")
+            records[index] = finished[job.key]
+            continue
+        if changed:
+            console.print(f"rerun {job.label}: its tower weights differ from those {store.path} recorded")
+        todo.append(job)
+    processes = min(check_workers(plan.workers, plan.device), len(todo)) or 1
+    context = Context(plan.preset, git_state(out_dir), plan.command, processes)
+    if processes > 1:
+        threads = threads_per_worker(processes)
+        console.print(f"{len(todo)} runs, {processes} at a time with {threads} thread(s) each; timing passes run alone")
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -195,40 +192,24 @@ def execute(
         console=console,
         transient=True,
     ) as progress:
-        overall = progress.add_task("runs", total=len(runs))
-        for run in runs:
-            key = run_key(run.method, run.task, run.preset, run.source, run.seed, run.to_dict())
-            label = f"{run.method} / {run.task} / seed {run.seed}"
-            changed = key in finished and weights_changed(finished[key], preset, run)
-            if key in finished and not plan.force and not changed:
-                console.print(f"skip {label}: already finished in {store.path} (use --force to rerun)")
-                records.append(finished[key])
-                progress.advance(overall)
-                continue
-            if changed:
-                console.print(f"rerun {label}: its tower weights differ from those {store.path} recorded")
-            steps = progress.add_task(label, total=None)
-            record = run_one(
-                run,
-                preset,
-                cache,
-                key,
-                git,
-                plan.command,
-                lambda d, t, s=steps: progress.update(s, completed=d, total=t),
-            )
-            progress.remove_task(steps)
+        overall = progress.add_task("runs", total=len(runs), completed=len(records))
+        display = Display(progress)
+        if processes == 1:
+            done = run_serially(todo, context, display)
+        else:
+            done = run_in_processes(todo, context, display, processes)
+        for job, record in done:
             if is_main_process():  # under torchrun every rank has the same record; one is kept
                 store.append(record)
-            records.append(record)
+            records[job.index] = record
             if on_record is not None:
                 on_record(record)
             status = record["status"]
-            metric = get_task(run.task).selection_metric
+            metric = get_task(job.run.task).selection_metric
             shown = f"{metric}={record['metrics'].get(metric, float('nan')):.2f}" if status == "ok" else record["error"]
-            console.print(f"{'done' if status == 'ok' else status} {label}: {shown} ({record['wall_s']:.1f}s)")
+            console.print(f"{'done' if status == 'ok' else status} {job.label}: {shown} ({record['wall_s']:.1f}s)")
             progress.advance(overall)
-    return records
+    return [records[i] for i in sorted(records)]
 
 
 def _sources(preset: Preset, run: ResolvedRun, rebuild: bool = True):
@@ -244,55 +225,3 @@ def weights_changed(record: dict[str, Any], preset: Preset, run: ResolvedRun) ->
         return False
     current = _sources(preset, run)
     return any(role not in current or current[role].sha256 != recorded[role]["sha256"] for role in recorded)
-
-
-def run_one(
-    run: ResolvedRun,
-    preset: Preset,
-    cache: DataCache,
-    key: str,
-    git: dict[str, Any],
-    command: str | None,
-    on_step,
-) -> dict[str, Any]:
-    device = resolve_device(run.device)
-    start = time.perf_counter()
-    status, error, metrics, efficiency, extra = "ok", None, {}, {}, {}
-    try:
-        datasets = cache.get(run, preset.shape)
-        outcome = train_run(run, preset, datasets, on_step)
-        metrics, efficiency = outcome.metrics, outcome.efficiency
-        extra = {
-            "best_epoch": outcome.best_epoch,
-            "val_history": outcome.val_history,
-            "weights": outcome.towers,
-            "budget": outcome.budget,
-        }
-    except ConfigError:
-        raise
-    except NonFiniteLoss as err:
-        status, error = "nan", str(err)
-    except torch.OutOfMemoryError as err:
-        status, error = "oom", str(err).splitlines()[0]
-    except Exception as err:  # a failed run is recorded; the sweep goes on
-        status, error = "error", f"{type(err).__name__}: {err}"
-        extra = {"traceback": traceback.format_exc(limit=8)}
-    return new_record(
-        key=key,
-        git=git,
-        command=command,
-        method=run.method,
-        task=run.task,
-        preset=run.preset,
-        source=run.source,
-        seed=run.seed,
-        status=status,
-        error=error,
-        config=run.to_dict(),
-        metrics=metrics,
-        efficiency=efficiency,
-        env=environment(device),
-        tags=run.tags,
-        wall_s=time.perf_counter() - start,
-        **extra,
-    )

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from bench.build import build_model, param_groups
 from bench.config import ResolvedRun
 from bench.device import is_main_process, resolve_device, shard, to_device
+from bench.gate import Gate
 from bench.measure import measure_efficiency
 from bench.presets import Preset
 from bench.registry import get_task
@@ -48,12 +49,21 @@ def iterate(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator) -
 
 
 def evaluate(
-    model: TaskModel, task: Task, cfg: Any, ds: Dataset, batch_size: int, device: torch.device, amp
+    model: TaskModel,
+    task: Task,
+    cfg: Any,
+    ds: Dataset,
+    batch_size: int,
+    device: torch.device,
+    amp,
+    gate: Gate | None = None,
 ) -> dict[str, float]:
+    gate = gate or Gate()
     model.eval()
     collected: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad(), amp():
         for batch in iterate(ds, batch_size, False, torch.Generator()):
+            gate.checkpoint()
             batch = to_device(batch, device)
             out = model(batch["audio"], batch["visual"])
             for k, v in task.predictions(out, batch).items():
@@ -72,11 +82,14 @@ def train_run(
     preset: Preset,
     datasets: dict[str, Dataset],
     on_step: Callable[[int, int], None] | None = None,
+    gate: Gate | None = None,
 ) -> RunOutcome:
     """Train for the run's step budget (the preset's epochs, or the reference method's
     training FLOPs), validating at each epoch end and after the last, possibly partial,
     epoch; keep the state with the best val selection metric, report test metrics with it,
-    then measure efficiency on one training batch."""
+    then measure efficiency on one training batch, alone on the machine (`gate`) when other
+    runs share it."""
+    gate = gate or Gate()
     task = get_task(run.task)
     device = resolve_device(run.device)
     built = build_model(run, preset, task)
@@ -101,6 +114,7 @@ def train_run(
     while step < budget.steps:
         model.train()
         for batch in iterate(datasets["train"], cfg.batch_size, True, gen):
+            gate.checkpoint()
             batch, scale = shard(to_device(batch, device))
             with amp():
                 loss = task.loss(trained(batch["audio"], batch["visual"]), batch)
@@ -116,7 +130,8 @@ def train_run(
                 break
         if not torch.isfinite(loss):
             raise NonFiniteLoss(f"loss is {loss.item()} after epoch {epoch}")
-        val = evaluate(model, task, run.task_cfg, datasets["val"], cfg.batch_size, device, amp)[task.selection_metric]
+        scores = evaluate(model, task, run.task_cfg, datasets["val"], cfg.batch_size, device, amp, gate)
+        val = scores[task.selection_metric]
         history.append(val)
         if val > best:
             best, best_epoch = val, epoch
@@ -124,10 +139,13 @@ def train_run(
         epoch += 1
     assert best_state is not None
     model.load_state_dict(best_state, strict=False)
-    metrics = evaluate(model, task, run.task_cfg, datasets["test"], cfg.batch_size, device, amp)
+    metrics = evaluate(model, task, run.task_cfg, datasets["test"], cfg.batch_size, device, amp, gate)
     metrics["val_" + task.selection_metric] = best
     measured = run.measure.enabled and is_main_process()  # other ranks' records are dropped
-    efficiency = measure_model(model, task, run, datasets["train"], device, amp) if measured else {}
+    efficiency = {}
+    if measured:
+        with gate.alone():
+            efficiency = measure_model(model, task, run, datasets["train"], device, amp)
     return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records(), budget.record())
 
 

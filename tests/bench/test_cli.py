@@ -46,8 +46,8 @@ def _records(out: Path) -> list[dict]:
 
 
 def test_run_writes_records_tables_and_figures(smoke_out):
-    records = _records(smoke_out)
-    assert [(r["method"], r["status"]) for r in records] == [("frozen", "ok"), ("full", "ok")]
+    records = _records(smoke_out)  # in the order they finished: on 2 cores or more the two run at once
+    assert sorted((r["method"], r["status"]) for r in records) == [("frozen", "ok"), ("full", "ok")]
     for r in records:
         assert "accuracy" in r["metrics"]
         assert EFFICIENCY_KEYS <= set(r["efficiency"])

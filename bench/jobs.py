@@ -1,0 +1,164 @@
+"""Doing the runs a plan still needs: one run to one record, and the serial way of doing them
+all (bench.workers has the parallel one). Whatever happens inside a run ends in its record."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from bench.config import ConfigError, ResolvedRun
+from bench.device import resolve_device
+from bench.gate import Gate
+from bench.presets import Preset, get_preset
+from bench.registry import get_task
+from bench.results import environment, new_record
+from bench.tasks.base import DataShape
+from bench.train import NonFiniteLoss, train_run
+
+
+@dataclass(frozen=True)
+class Job:
+    """A run still to do, with its record key and its place in the plan."""
+
+    index: int
+    run: ResolvedRun
+    key: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.run.method} / {self.run.task} / seed {self.run.seed}"
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every record of one invocation shares."""
+
+    preset: str
+    git: dict[str, Any]  # the code this invocation runs, even if a commit lands while it works
+    command: str | None
+    workers: int = 1  # runs done at once (bench.workers)
+
+
+class Display:
+    """One progress line per slot (a process doing runs) with the steps of its current run."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._lines: dict[int, Any] = {}
+
+    def start(self, slot: int, label: str) -> None:
+        self._lines[slot] = self._progress.add_task(label, total=None)
+
+    def step(self, slot: int, done: int, total: int) -> None:
+        self._progress.update(self._lines[slot], completed=done, total=total)
+
+    def stop(self, slot: int) -> None:
+        self._progress.remove_task(self._lines.pop(slot))
+
+
+def data_key(run: ResolvedRun, shape: DataShape) -> str:
+    """Runs with the same key read the same datasets."""
+    return repr((run.task, run.source, run.task_cfg, shape))
+
+
+class DataCache:
+    """Datasets are built once per (task, source, config) and shared by every method,
+    so all methods see exactly the same samples. Runs come task by task, so only the
+    latest datasets are kept: a split of one-second waveforms is hundreds of MB."""
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._datasets: Any = None
+
+    def get(self, run: ResolvedRun, shape: DataShape) -> Any:
+        key = data_key(run, shape)
+        if key != self._key:
+            self._datasets = None  # free the previous task's data before building the next
+            self._datasets = get_task(run.task).datasets(run.task_cfg, shape, run.source)
+            self._key = key
+        return self._datasets
+
+
+def run_serially(jobs: list[Job], context: Context, display: Display) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """Each job in turn in this process, with its threads."""
+    preset, cache = get_preset(context.preset), DataCache()
+    for job in jobs:
+        display.start(0, job.label)
+        record = run_one(job, preset, cache, context, lambda done, total: display.step(0, done, total))
+        display.stop(0)
+        yield job, record
+
+
+def run_one(
+    job: Job,
+    preset: Preset,
+    cache: DataCache,
+    context: Context,
+    on_step: Callable[[int, int], None],
+    gate: Gate | None = None,
+) -> dict[str, Any]:
+    """The run's record, whatever happened (a usage error is raised instead)."""
+    run = job.run
+    start = time.perf_counter()
+    status, error, metrics, efficiency, extra = "ok", None, {}, {}, {}
+    try:
+        datasets = cache.get(run, preset.shape)
+        outcome = train_run(run, preset, datasets, on_step, gate)
+        metrics, efficiency = outcome.metrics, outcome.efficiency
+        extra = {
+            "best_epoch": outcome.best_epoch,
+            "val_history": outcome.val_history,
+            "weights": outcome.towers,
+            "budget": outcome.budget,
+        }
+    except ConfigError:
+        raise
+    except NonFiniteLoss as err:
+        status, error = "nan", str(err)
+    except torch.OutOfMemoryError as err:
+        status, error = "oom", str(err).splitlines()[0]
+    except Exception as err:  # a failed run is recorded; the sweep goes on
+        status, error = "error", f"{type(err).__name__}: {err}"
+        extra = {"traceback": traceback.format_exc(limit=8)}
+    return job_record(job, context, status, error, time.perf_counter() - start, metrics, efficiency, **extra)
+
+
+def job_record(
+    job: Job,
+    context: Context,
+    status: str,
+    error: str | None,
+    wall_s: float,
+    metrics: dict[str, Any] | None = None,
+    efficiency: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    run = job.run
+    env = environment(resolve_device(run.device))
+    if context.workers > 1:
+        env["workers"] = context.workers  # timed alone (bench.gate), but trained next to other runs
+    return new_record(
+        key=job.key,
+        git=context.git,
+        command=context.command,
+        method=run.method,
+        task=run.task,
+        preset=run.preset,
+        source=run.source,
+        seed=run.seed,
+        status=status,
+        error=error,
+        config=run.to_dict(),
+        metrics=metrics or {},
+        efficiency=efficiency or {},
+        env=env,
+        tags=run.tags,
+        wall_s=wall_s,
+        **extra,
+    )

@@ -1,0 +1,186 @@
+"""Runs in parallel processes (`bench run --workers N`), each with its share of the cores.
+
+Small models use a second thread poorly (the tiny towers train 1.1-1.25 x faster on two threads
+than on one), so on a CPU N runs at once, one core each, finish sooner than N runs in turn.
+Every timing pass still runs alone (bench.gate), a run is the same computation wherever it
+runs (its record gives its threads), and only this process writes records. A worker keeps
+the datasets of its last task, and is given runs of that task first.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import signal
+import time
+import warnings
+from collections.abc import Iterator
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.config import ConfigError
+from bench.device import resolve_device, world_size
+from bench.gate import ProcessGate
+from bench.jobs import Context, DataCache, Display, Job, data_key, job_record, run_one
+from bench.presets import get_preset
+
+
+def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU quota
+    (`docker --cpus`), which neither os.cpu_count() nor the affinity sees."""
+    affinity = getattr(os, "sched_getaffinity", None)
+    cores = len(affinity(0)) if affinity else os.cpu_count() or 1
+    quota = cpu_quota(cgroup)
+    return max(1, min(cores, math.floor(quota))) if quota else cores
+
+
+def cpu_quota(cgroup: Path) -> float | None:
+    """CPUs allowed by the cgroup (v2 `cpu.max`, v1 `cpu/cpu.cfs_quota_us`); None when unlimited."""
+    try:
+        if (cgroup / "cpu.max").is_file():
+            quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        return None if quota in ("max", "-1") else int(quota) / int(period)
+    except (OSError, ValueError):  # no cgroup files (not Linux, not a container): no quota
+        return None
+
+
+def threads_per_worker(workers: int) -> int:
+    return max(1, usable_cores() // workers)
+
+
+def check_workers(workers: int | None, device: str) -> int:
+    """How many runs go at once: `workers`, or by default one per usable core on a CPU and one
+    at a time on a GPU or under torchrun (whose processes are one run's)."""
+    one_at_a_time = world_size() > 1 or resolve_device(device).type == "cuda"
+    if workers is None:
+        return 1 if one_at_a_time else usable_cores()
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: expected a positive number of processes, or auto")
+    if workers > 1 and one_at_a_time:
+        raise ConfigError(
+            f"--workers {workers}: parallel runs are for the CPU; on CUDA or under torchrun use --workers 1"
+        )
+    return workers
+
+
+class Worker:
+    """The parent's handle on one process doing runs, and what that process holds."""
+
+    def __init__(self, ctx: Any, slot: int, gate: ProcessGate, context: Context, threads: int) -> None:
+        self.slot = slot
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=serve, args=(child, slot, gate, context, threads), daemon=True)
+        self.process.start()
+        child.close()  # the parent's copy: the pipe reads EOF when the process dies
+        self.job: Job | None = None
+        self.data: str | None = None  # data_key of the datasets it holds
+        self.started = 0.0
+
+    def give(self, job: Job, data: str) -> None:
+        self.conn.send(job)
+        self.job, self.data, self.started = job, data, time.perf_counter()
+
+    def stop(self) -> None:
+        """An idle worker is asked to exit; one still in a run (the command is failing or
+        interrupted) is terminated: its run has no record and reruns next time."""
+        if self.process.is_alive() and self.job is None:
+            self.conn.send(None)
+            self.process.join(timeout=5)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+        self.conn.close()
+
+
+def run_in_processes(
+    jobs: list[Job], context: Context, display: Display, processes: int
+) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """Each job in one of `processes` processes, yielded as it finishes."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or CUDA state
+    gate = ProcessGate(ctx, processes)
+    threads = threads_per_worker(processes)
+    shape = get_preset(context.preset).shape
+    pending = list(jobs)
+    workers: list[Worker] = []
+
+    def dispatch(worker: Worker) -> None:
+        if not pending:
+            return
+        held = {w.data for w in workers if w is not worker and w.job is not None}
+        job = next_job(pending, worker.data, held, shape)
+        pending.remove(job)
+        worker.give(job, data_key(job.run, shape))
+        display.start(worker.slot, job.label)
+
+    try:
+        for slot in range(processes):
+            workers.append(Worker(ctx, slot, gate, context, threads))
+            dispatch(workers[-1])
+        while any(w.job is not None for w in workers):
+            busy = {w.conn: w for w in workers if w.job is not None}
+            for conn in wait(list(busy)):
+                worker = busy[conn]  # type: ignore[index]
+                try:
+                    kind, *body = worker.conn.recv()
+                except EOFError:  # the process died (killed, out of memory, a crash in native code)
+                    kind, body = "died", []
+                if kind == "step":
+                    display.step(worker.slot, *body)
+                elif kind == "warning":
+                    warnings.warn(body[0], body[1], stacklevel=1)
+                elif kind == "usage":
+                    raise ConfigError(body[0])
+                else:  # the run ended, with its record or with its process
+                    job, worker.job = worker.job, None
+                    assert job is not None
+                    display.stop(worker.slot)
+                    if kind == "died":
+                        worker.process.join()
+                        gate.reset(worker.slot)
+                        error = f"its worker process died (exit code {worker.process.exitcode})"
+                        yield job, job_record(job, context, "error", error, time.perf_counter() - worker.started)
+                        if pending:
+                            workers[worker.slot] = worker = Worker(ctx, worker.slot, gate, context, threads)
+                    else:
+                        yield job, body[0]
+                    dispatch(worker)
+    finally:
+        for worker in workers:
+            worker.stop()
+
+
+def next_job(pending: list[Job], mine: str | None, held: set[str | None], shape: Any) -> Job:
+    """The first pending job on the datasets this worker holds, else on datasets no other
+    worker holds (each task's data is built once where possible), else the first."""
+    keys = [data_key(job.run, shape) for job in pending]
+    for wanted in (lambda k: k == mine, lambda k: k not in held):
+        for job, key in zip(pending, keys, strict=True):
+            if wanted(key):
+                return job
+    return pending[0]
+
+
+def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, threads: int) -> None:
+    """A worker process: do the jobs the parent sends until it sends None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
+    torch.set_num_threads(threads)
+    gate.slot = slot
+    preset, cache = get_preset(context.preset), DataCache()
+    warnings.showwarning = lambda message, category, *rest: conn.send(("warning", str(message), category))
+    while (job := conn.recv()) is not None:
+        gate.enter()
+        try:
+            record = run_one(job, preset, cache, context, lambda done, total: conn.send(("step", done, total)), gate)
+        except ConfigError as err:
+            conn.send(("usage", str(err)))
+            return
+        finally:
+            gate.leave()
+        conn.send(("record", record))
