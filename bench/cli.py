@@ -339,6 +339,20 @@ SUMMARY_COLUMNS = {  # display-table column -> console header: what fits an 80-c
 }
 
 
+def print_profile(table, reference: str, console: Console) -> None:
+    """`bench profile`'s points on the console, ratios to `reference`, within 80 columns."""
+    if table.empty:
+        console.print("no finished points to tabulate")
+        return
+    rich_table = Table(title=f"profile (ratios to {reference}; every column in profile.md)", box=box.SIMPLE_HEAD)
+    for col in table.columns:  # each ratio right after its figure, headed "/ref" to fit
+        header = "/ref" if col.endswith("/ref") else col
+        rich_table.add_column(header, justify="left" if col == "method" else "right")
+    for row in table.itertuples(index=False):
+        rich_table.add_row(*map(str, row))
+    Console().print(rich_table)
+
+
 def print_summary(table, console: Console) -> None:
     """The method table on the console, one small table per task (its metric in the title),
     narrow enough for 80 columns; every column stays in the written tables."""
@@ -459,11 +473,10 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     from bench.device import resolve_device
     from bench.profile import (
         ProfileSpec,
-        display_table,
+        console_table,
         frame,
         parse_size,
         parse_sweep,
-        reference_table,
         run_profile,
         with_ratios,
         write_report,
@@ -512,10 +525,7 @@ def cmd_profile(args: argparse.Namespace, console: Console) -> int:
     records = run_profile(spec, args.out, args.command_line, args.argv, on_record=progress)
     paths = write_report(records, spec, args.out, args.command_line)
     df = with_ratios(frame(records), spec.reference)
-    print_table(display_table(df), console)
-    against = reference_table(df, spec.reference)
-    if not against.empty:
-        print_table(against, console)
+    print_profile(console_table(df, spec.reference), spec.reference, console)
     console.print(f"records: {args.out / 'profile.jsonl'}; report: {', '.join(map(str, paths))}")
     return 1 if any(r["status"] != "ok" for r in records) else 0
 

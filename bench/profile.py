@@ -444,8 +444,9 @@ def display_table(df: pd.DataFrame) -> pd.DataFrame:
 def reference_table(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     """The Mettle paper's Fig. 1c as a table: per method and point, trainable parameters,
     training memory (the CUDA peak where measured, else the estimate) and step time, each
-    beside its ratio to the reference method's (`df` from with_ratios)."""
-    if df.empty or reference not in set(df["method"]):
+    beside its ratio to the reference method's (`df` from with_ratios; ratios blank when the
+    reference was not profiled)."""
+    if df.empty:
         return pd.DataFrame()
     cuda = "cuda_peak_allocated_bytes" in df and df["cuda_peak_allocated_bytes"].notna().any()
     mem, mem_ratio = ("cuda_peak_allocated_bytes", "CUDA peak / ref") if cuda else ("train_mem_bytes_est", "mem / ref")
@@ -463,6 +464,16 @@ def reference_table(df: pd.DataFrame, reference: str) -> pd.DataFrame:
     }
     out = pd.concat([df[["method", "batch", "T"]], pd.DataFrame(columns, index=df.index)], axis=1)
     return out.map(lambda v: "" if pd.isna(v) else str(v))
+
+
+def console_table(df: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """reference_table under headers short enough for an 80-column terminal."""
+    table = reference_table(df, reference)
+    if table.empty:
+        return table
+    memory = "CUDA MiB" if table.columns[5].startswith("CUDA") else "mem MiB"
+    table.columns = ["method", "B", "T", "params M", "params/ref", memory, "mem/ref", "step ms", "time/ref"]
+    return table
 
 
 def write_report(records: list[dict[str, Any]], spec: ProfileSpec, out_dir: Path, command: str) -> list[Path]:
@@ -502,13 +513,12 @@ def write_report(records: list[dict[str, Any]], spec: ProfileSpec, out_dir: Path
         lines.append(f"Towers (parameters of each tower proper; front-ends hold constants only): {listed}.")
     if "budget_max_batch" in df:
         lines.append(f"Max batch in budget ({spec.budget} bytes): {records[0]['efficiency'].get('budget_method', '')}.")
-    against = reference_table(df, spec.reference)
-    if not against.empty:
+    if not df.empty and spec.reference in set(df["method"]):
         lines += [
             "",
             f"## Against `{spec.reference}` (the Mettle paper's Fig. 1c)",
             "",
-            markdown(against),
+            markdown(reference_table(df, spec.reference)),
             "",
             "Trainable parameters (method and task head), training memory and step time, each over "
             f"`{spec.reference}`'s at the same batch size and segments (at batch 1: per sample, as in the figure).",

@@ -1,18 +1,21 @@
 """`python -m bench profile` and `check-budgets` on the smoke preset (seconds each)."""
 
 import os
+import re
 import signal
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from rich.console import Console
 
 from bench.budgets import load, write
-from bench.cli import main
+from bench.cli import main, print_profile
 from bench.profile import (
     MIB,
     Point,
     ProfileSpec,
+    console_table,
     display_table,
     frame,
     isolated_point,
@@ -79,7 +82,29 @@ def test_reference_table_gives_each_figure_and_its_ratio_to_the_reference():
     df["cuda_peak_allocated_bytes"] = [4 * MIB, 3 * MIB]
     table = reference_table(with_ratios(df, "dgsct"), "dgsct")
     assert table.columns[5] == "CUDA peak alloc. (MiB)" and list(table.iloc[1])[5:7] == ["3.0", "0.75"]
-    assert reference_table(with_ratios(df, "lavish"), "lavish").empty  # no reference point: no table
+    no_reference = reference_table(with_ratios(df, "lavish"), "lavish")  # lavish was not profiled
+    assert list(no_reference.iloc[1]) == ["mettle", "1", "10", "1.0", "", "3.0", "", "500.0", ""]
+
+
+def test_the_console_table_fits_80_columns_with_the_paper_towers_figures(monkeypatch, capsys):
+    """The widest figures a CPU profile of the paper preset prints (DG-SCT's 188.5 M parameters,
+    memory in GiB, steps of seconds) stay whole in an 80-column terminal."""
+    rows = [
+        {"method": "dgsct", "trainable_params": 196_442_040, "train_mem_bytes_est": 52_000 * MIB, "train_step_s": 31.0},
+        {"method": "mettle", "trainable_params": 7_304_796, "train_mem_bytes_est": 5_660 * MIB, "train_step_s": 7.3},
+    ]
+    df = pd.DataFrame([{"batch": 16, "T": 10, **r} for r in rows])
+    table = console_table(with_ratios(df, "dgsct"), "dgsct")
+    assert list(table.columns) == ["method", "B", "T", "params M", "params/ref", "mem MiB", "mem/ref", "step ms",
+                                   "time/ref"]  # fmt: skip
+    assert list(table.iloc[1]) == ["mettle", "16", "10", "7.305", "0.037", "5660.0", "0.109", "7300.0", "0.235"]
+    monkeypatch.setenv("COLUMNS", "80")
+    print_profile(table, "dgsct", Console(stderr=True))
+    out = capsys.readouterr().out
+    assert "7300.0" in out and re.search(r"params M +/ref +mem MiB +/ref +step ms +/ref", out)
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80
+    df["cuda_peak_allocated_bytes"] = [40_000 * MIB, 4_000 * MIB]
+    assert list(console_table(with_ratios(df, "dgsct"), "dgsct").columns)[5:7] == ["CUDA MiB", "mem/ref"]
 
 
 def _dies_after_the_memory_pass(point, conn) -> None:
