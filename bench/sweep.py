@@ -9,6 +9,7 @@ mid-trial stops its heartbeat, and the next worker to look fails that trial and 
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from rich.console import Console
 from bench.config import ConfigError, parse_value
 from bench.registry import get_task
 from bench.runner import RunPlan, all_sections, execute
+from bench.workers import threads_per_worker
 
 HEARTBEAT_ATTR = "bench:heartbeat"
 MAX_RETRY = 3  # a trial that keeps killing its worker is given up after this many retries
@@ -275,6 +277,9 @@ def run_worker(spec: SweepSpec, storage: BaseStorage, out: Path, console: Consol
 
 def spawn_workers(argv: list[str], workers: int) -> int:
     """`--workers N`: N processes of this same command joining one study (the appended
-    `--workers 1` wins over the earlier value)."""
-    procs = [subprocess.Popen([sys.executable, "-m", "bench", *argv, "--workers", "1"]) for _ in range(workers)]
+    `--workers 1` wins over the earlier value), each with its share of the cores unless
+    OMP_NUM_THREADS says otherwise."""
+    env = {"OMP_NUM_THREADS": str(threads_per_worker(workers)), **os.environ}
+    command = [sys.executable, "-m", "bench", *argv, "--workers", "1"]
+    procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
     return max(p.wait() for p in procs)

@@ -25,6 +25,7 @@ from bench.cli import build_parser, main, sweep_spec
 from bench.results import ResultsStore
 from bench.runner import RunPlan, resolve
 from bench.sweep import SweepSpec, load_study_file, make_storage
+from bench.workers import threads_per_worker
 
 STUDIES = sorted((Path(__file__).parents[2] / "bench" / "studies").glob("*.toml"))
 
@@ -61,12 +62,15 @@ def study_records(out: Path, study: str) -> list[dict]:
     return [r for r in ResultsStore(out).load().records if r["tags"].get("study") == study]
 
 
-def test_two_workers_finish_a_grid_exactly_once(tmp_path):
-    done = subprocess.run(sweep_cmd(tmp_path, "grid", *GRID4, "--workers", "2"), cwd=REPO, capture_output=True)
+def test_two_workers_finish_a_grid_exactly_once_with_half_the_cores_each(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    cmd = sweep_cmd(tmp_path, "grid", *GRID4, "--workers", "2")
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, env=env)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     assert_grid_done(load("grid", tmp_path), 4)
     records = study_records(tmp_path, "grid")
     assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+    assert {r["env"]["threads"] for r in records} == {threads_per_worker(2)}
 
 
 def test_killed_worker_restarted_retries_its_stale_trial(tmp_path):
