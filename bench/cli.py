@@ -200,10 +200,10 @@ def _data_sources(items: list[str], tasks: list[str]) -> dict[str, str]:
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from bench.device import distributed, is_main_process
-    from bench.plan import PlanFile, load_plan
+    from bench.plan import PlanFile, RunPlan, load_plan, resolve
     from bench.registry import task_names
     from bench.report import write_figures, write_tables
-    from bench.runner import RunPlan, execute, resolve
+    from bench.runner import execute
 
     file = load_plan(args.plan) if args.plan else PlanFile(Path())
     preset = args.preset or file.preset or "tiny"
@@ -284,8 +284,8 @@ def study_name(data: dict, task: str, preset: str) -> str:
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     from optuna.trial import TrialState
 
+    from bench.plan import RunPlan, resolve
     from bench.report import write_study_tables
-    from bench.runner import RunPlan, resolve
     from bench.sweep import make_storage, open_study, run_worker, spawn_workers
 
     spec = sweep_spec(args)

@@ -1,5 +1,7 @@
-"""Experiments as files: a plan names the methods, tasks, seeds and each method's candidate
-configurations of a `bench run` (e.g. bench/plans/reference.toml, the reference results).
+"""What to run: a `RunPlan` (methods x tasks x seeds x candidates), resolved into checked
+`ResolvedRun`s before any work, and experiments as files: a plan file names the methods,
+tasks, seeds and each method's candidate configurations of a `bench run` (e.g.
+bench/plans/reference.toml, the reference results).
 
     preset = "tiny"
     tasks = ["ave", "avvp"]
@@ -16,12 +18,29 @@ method, the candidate with the best mean rank of its val metric over the tasks
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import ConfigError
+from bench.config import (
+    BASE_SECTIONS,
+    ConfigError,
+    MeasureConfig,
+    Override,
+    ResolvedRun,
+    TowersConfig,
+    TrainConfig,
+    build_section,
+    parse_overrides,
+)
+from bench.device import check_workers, resolve_device
+from bench.presets import get_preset
+from bench.registry import METHODS, TASKS, get_method, get_task, task_names
+from bench.tasks.base import Task
+from bench.weights import resolve as resolve_weights
 
 Candidate = tuple[str, ...]  # `section.key=value` overrides
 
@@ -77,3 +96,117 @@ def load_plan(path: Path) -> PlanFile:
 
 def _is_strings(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+@dataclass
+class RunPlan:
+    methods: list[str]
+    tasks: list[str]
+    preset: str = "tiny"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    device: str = "auto"
+    source: dict[str, str] = field(default_factory=dict)  # task -> data path; synthetic when absent
+    overrides: list[str] = field(default_factory=list)
+    force: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+    # per method, the candidate configurations (override lists) run on every task and seed;
+    # the tables keep the one with the best mean val rank over the tasks (bench.report)
+    candidates: dict[str, list[Candidate]] = field(default_factory=dict)
+    tune: str | None = None  # "section.key=v1,v2,...": the same candidates for every method
+    command: str | None = None  # the command line that asked for these runs; every record keeps it
+    workers: int | None = 1  # runs at once, each in a process of its own (bench.workers); None: one per core
+
+    def candidates_of(self, method: str) -> list[Candidate]:
+        if self.tune:
+            key, _, values = self.tune.partition("=")
+            items = [v.strip() for v in values.split(",") if v.strip()]
+            if not key or not items:
+                raise ConfigError(f"--tune {self.tune!r}: expected section.key=v1,v2,...")
+            return [(f"{key}={v}",) for v in items]
+        return self.candidates.get(method, [()])
+
+
+class Sections(Mapping[str, type]):
+    """Config section name -> its dataclass: the base sections, then every method's and task's
+    config, whose module is imported only when its section is looked up (an override names it)."""
+
+    def __getitem__(self, name: str) -> type:
+        if name in BASE_SECTIONS:
+            return BASE_SECTIONS[name]
+        if name in METHODS:
+            return METHODS.get(name).config_cls
+        if name in TASKS:
+            return TASKS.get(name).config_cls
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*BASE_SECTIONS, *METHODS.names(), *task_names()])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+def all_sections() -> Sections:
+    return Sections()
+
+
+def resolve(plan: RunPlan) -> list[ResolvedRun]:
+    """Check every name and override before anything runs (bad usage exits 2)."""
+    preset = get_preset(plan.preset)
+    resolve_device(plan.device)
+    check_workers(plan.workers, plan.device)
+    for m in plan.methods:
+        get_method(m)
+    for t in plan.tasks:
+        get_task(t)
+    sections = all_sections()
+    base = parse_overrides(plan.overrides, sections)
+    tagged = bool(plan.tune or plan.candidates)
+    for task_name, path in plan.source.items():
+        if path != "synthetic" and not Path(path).is_dir():
+            raise ConfigError(f"--data {task_name}={path}: not a directory")
+    runs = []
+    for task_name in plan.tasks:
+        task = get_task(task_name)
+        source = plan.source.get(task_name, "synthetic")
+        for method in plan.methods:
+            for seed in plan.seeds:
+                for candidate in plan.candidates_of(method):
+                    overrides = base + parse_overrides(list(candidate), sections)
+                    tags = {"candidate": candidate_label(candidate)} if tagged else {}
+                    task_cfg = build_section(task.config_cls, task_name, preset.data, overrides)
+                    runs.append(
+                        ResolvedRun(
+                            method=method,
+                            task=task_name,
+                            preset=preset.name,
+                            source=source,
+                            seed=seed,
+                            device=plan.device,
+                            train=build_section(
+                                TrainConfig, "train", {**preset.train, **get_method(method).train_defaults}, overrides
+                            ),
+                            measure=build_section(MeasureConfig, "measure", {}, overrides),
+                            towers=build_section(TowersConfig, "towers", {}, overrides),
+                            method_cfg=build_section(get_method(method).config_cls, method, {}, overrides),
+                            task_cfg=for_source(task, source, task_cfg, overrides),
+                            tags={**plan.tags, **tags},
+                        )
+                    )
+    for run in runs:  # weights that cannot be found, or a budget reference that is no method, are usage errors too
+        resolve_weights(preset, run.towers, get_method(run.method).towers, rebuild=False)
+        if run.train.budget == "flops":  # loaded only when used: a run imports only its own plug-ins
+            get_method(run.train.budget_reference)
+    return runs
+
+
+def for_source(task: Task, source: str, cfg: Any, overrides: list[Override]) -> Any:
+    """`cfg` with the values real data decides (AVE and LLP clips have 10 segments,
+    whatever the preset says), so that the record says what ran. Setting one of them to
+    another value for real data is a usage error."""
+    if source == "synthetic" or not task.real_fixes:
+        return cfg
+    for o in overrides:
+        if o.section == task.name and o.key in task.real_fixes and getattr(cfg, o.key) != task.real_fixes[o.key]:
+            raise ConfigError(f"{o.dotted}={o.value}: real {task.name} data has {o.key}={task.real_fixes[o.key]}")
+    return dataclasses.replace(cfg, **task.real_fixes)

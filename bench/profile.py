@@ -39,11 +39,11 @@ from bench.measure import (  # noqa: E402
     median_seconds,
     train_memory_estimate,
 )
+from bench.plan import RunPlan, resolve  # noqa: E402
 from bench.presets import Preset, get_preset  # noqa: E402
 from bench.registry import get_task  # noqa: E402
 from bench.report import markdown  # noqa: E402
 from bench.results import ResultsStore, atomic_write_text, environment, git_state, new_record  # noqa: E402
-from bench.runner import RunPlan, resolve  # noqa: E402
 from bench.tasks.base import Batch, TaskModel  # noqa: E402
 
 MIB = 2**20

@@ -30,9 +30,10 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from rich.console import Console
 
 from bench.config import ConfigError, parse_value
+from bench.device import threads_per_worker
+from bench.plan import RunPlan, all_sections
 from bench.registry import get_task
-from bench.runner import RunPlan, all_sections, execute
-from bench.workers import threads_per_worker
+from bench.runner import execute
 
 HEARTBEAT_ATTR = "bench:heartbeat"
 MAX_RETRY = 3  # a trial that keeps killing its worker is given up after this many retries

@@ -9,65 +9,21 @@ the datasets of its last task, and is given runs of that task first.
 
 from __future__ import annotations
 
-import math
 import multiprocessing
-import os
 import signal
 import time
 import warnings
 from collections.abc import Iterator
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.config import ConfigError
-from bench.device import resolve_device, world_size
+from bench.device import threads_per_worker
 from bench.gate import ProcessGate
 from bench.jobs import Context, DataCache, Display, Job, data_key, job_record, run_one
 from bench.presets import get_preset
-
-
-def usable_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
-    """The cores this process may use: its CPU affinity, capped by a container's CPU quota
-    (`docker --cpus`), which neither os.cpu_count() nor the affinity sees."""
-    affinity = getattr(os, "sched_getaffinity", None)
-    cores = len(affinity(0)) if affinity else os.cpu_count() or 1
-    quota = cpu_quota(cgroup)
-    return max(1, min(cores, math.floor(quota))) if quota else cores
-
-
-def cpu_quota(cgroup: Path) -> float | None:
-    """CPUs allowed by the cgroup (v2 `cpu.max`, v1 `cpu/cpu.cfs_quota_us`); None when unlimited."""
-    try:
-        if (cgroup / "cpu.max").is_file():
-            quota, period = (cgroup / "cpu.max").read_text().split()[:2]
-        else:
-            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
-            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
-        return None if quota in ("max", "-1") else int(quota) / int(period)
-    except (OSError, ValueError):  # no cgroup files (not Linux, not a container): no quota
-        return None
-
-
-def threads_per_worker(workers: int) -> int:
-    return max(1, usable_cores() // workers)
-
-
-def check_workers(workers: int | None, device: str) -> int:
-    """How many runs go at once: `workers`, or by default one per usable core on a CPU and one
-    at a time on a GPU or under torchrun (whose processes are one run's)."""
-    one_at_a_time = world_size() > 1 or resolve_device(device).type == "cuda"
-    if workers is None:
-        return 1 if one_at_a_time else usable_cores()
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: expected a positive number of processes, or auto")
-    if workers > 1 and one_at_a_time:
-        raise ConfigError(
-            f"--workers {workers}: parallel runs are for the CPU; on CUDA or under torchrun use --workers 1"
-        )
-    return workers
 
 
 class Worker:

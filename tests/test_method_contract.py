@@ -138,7 +138,7 @@ def test_train_defaults_name_train_fields_and_sit_between_the_preset_and_the_use
     and yield to `--set train.KEY=VALUE`; a key that is not a TrainConfig field would be
     silently ignored, so none may exist."""
     from bench.config import TrainConfig
-    from bench.runner import RunPlan, resolve
+    from bench.plan import RunPlan, resolve
 
     entry = METHODS.get(method)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}

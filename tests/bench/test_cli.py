@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from bench.cli import main
+from bench.plan import RunPlan, resolve
 from bench.presets import get_preset
 from bench.results import ResultsStore
-from bench.runner import RunPlan, resolve, weights_changed
+from bench.runner import weights_changed
 from bench.weights import file_digest
 
 REPO = Path(__file__).resolve().parents[2]

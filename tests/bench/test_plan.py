@@ -5,8 +5,7 @@ from pathlib import Path
 import pytest
 
 from bench.config import ConfigError
-from bench.plan import load_plan
-from bench.runner import RunPlan, resolve
+from bench.plan import RunPlan, load_plan, resolve
 
 PLANS = sorted((Path(__file__).resolve().parents[2] / "bench" / "plans").glob("*.toml"))
 

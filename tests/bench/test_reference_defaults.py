@@ -12,8 +12,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from bench.plan import load_plan
-from bench.runner import RunPlan, resolve
+from bench.plan import RunPlan, load_plan, resolve
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = load_plan(REPO / "bench/plans/reference.toml")

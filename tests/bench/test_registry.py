@@ -56,7 +56,7 @@ def test_a_run_imports_only_its_own_plug_ins() -> None:
     an override of a method's config loads that method."""
     code = (
         "import sys\n"
-        "from bench.runner import RunPlan, resolve\n"
+        "from bench.plan import RunPlan, resolve\n"
         "from bench.registry import METHODS, task_names\n"
         "METHODS.names(); task_names()\n"
         "resolve(RunPlan(methods=['frozen'], tasks=['ave'], preset='smoke'))\n"

@@ -12,10 +12,11 @@ import bench.step_budget
 from bench.build import build_model
 from bench.cli import main
 from bench.config import ConfigError
+from bench.plan import RunPlan, resolve
 from bench.presets import get_preset
 from bench.registry import get_task
 from bench.results import ResultsStore
-from bench.runner import RunPlan, execute, resolve
+from bench.runner import execute
 from bench.tasks.base import TaskModel
 from bench.train import first_batch, train_run
 

@@ -22,10 +22,10 @@ import pytest
 from optuna.trial import TrialState
 
 from bench.cli import build_parser, main, sweep_spec
+from bench.device import threads_per_worker
+from bench.plan import RunPlan, resolve
 from bench.results import ResultsStore
-from bench.runner import RunPlan, resolve
 from bench.sweep import SweepSpec, load_study_file, make_storage
-from bench.workers import threads_per_worker
 
 STUDIES = sorted((Path(__file__).parents[2] / "bench" / "studies").glob("*.toml"))
 

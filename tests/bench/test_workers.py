@@ -16,14 +16,16 @@ import torch
 from rich.progress import Progress
 from safetensors.torch import save_file
 
-import bench.workers
+import bench.device
 from bench.cli import main
 from bench.config import ConfigError
+from bench.device import check_workers, usable_cores
 from bench.jobs import Context, Display, Job, data_key
+from bench.plan import RunPlan, resolve
 from bench.presets import get_preset
 from bench.results import ResultsStore
-from bench.runner import RunPlan, execute, resolve
-from bench.workers import check_workers, next_job, run_in_processes, usable_cores
+from bench.runner import execute
+from bench.workers import next_job, run_in_processes
 
 QUICK = ["train.epochs=1"]
 
@@ -99,7 +101,7 @@ def test_a_worker_is_given_runs_on_the_data_it_holds_then_on_data_nobody_holds()
 
 
 def test_auto_is_one_run_per_core_on_a_cpu_and_one_at_a_time_under_torchrun(monkeypatch) -> None:
-    monkeypatch.setattr(bench.workers, "usable_cores", lambda: 6)
+    monkeypatch.setattr(bench.device, "usable_cores", lambda: 6)
     assert check_workers(None, "cpu") == 6 and check_workers(3, "cpu") == 3
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert check_workers(None, "cpu") == 1

@@ -12,7 +12,7 @@ from tiny import assert_state_dict_round_trip
 
 import mettle_core
 from bench.build import param_groups
-from bench.runner import RunPlan, resolve
+from bench.plan import RunPlan, resolve
 from bench.tasks.base import TaskModel
 from mettle_core import MettleConfig, MettleEncoder, mettle_param_count, select_layers
 from mettle_core.backbone import Backbone

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.plan import RunPlan, resolve
 from bench.registry import get_task
-from bench.runner import RunPlan, resolve
 from bench.tasks.avs import AvsConfig, AvsMs3Config
 from bench.tasks.base import DataShape, TaskModel
 
