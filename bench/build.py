@@ -12,7 +12,7 @@ from bench.presets import Preset
 from bench.registry import get_method
 from bench.tasks.base import Task, TaskModel
 from bench.towers import build_towers
-from bench.weights import WeightSource, resolve
+from bench.weights import WeightSource
 from mettle_core.backbone import Backbone
 
 
@@ -33,9 +33,12 @@ class Built:
 
 
 def build_model(run: ResolvedRun, preset: Preset, task: Task) -> Built:
+    """The run's model, its towers built from the weights resolved with its plan (`run.weights`)."""
     torch.manual_seed(run.seed)
     method = get_method(run.method)
-    sources = resolve(preset, run.towers, method.towers)
+    if missing := [role for role in method.towers if role not in run.weights or run.weights[role].missing]:
+        raise ValueError(f"run of {run.method} has no resolved weights for tower(s) {', '.join(missing)}")
+    sources = {role: run.weights[role] for role in method.towers}
     towers = build_towers(preset, sources, run.seed)
     encoder = method.build(towers, task.spec(run.task_cfg), run.method_cfg)
     head = task.head(run.task_cfg, encoder)

@@ -13,7 +13,11 @@ import difflib
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin, get_type_hints
+
+if TYPE_CHECKING:
+    from bench.data.fingerprint import DataSource
+    from bench.weights import WeightSource
 
 
 class ConfigError(ValueError):
@@ -195,6 +199,15 @@ class ResolvedRun:
     method_cfg: Any
     task_cfg: Any
     tags: dict[str, str] = field(default_factory=dict)
+    # resolved once, when the plan is: each tower role's weights (with their digest), and the
+    # real data's directory and fingerprint (None: synthetic)
+    weights: dict[str, WeightSource] = field(default_factory=dict)
+    data: DataSource | None = None
+
+    @property
+    def source_identity(self) -> str:
+        """What the run key holds of the data: "synthetic", or the resolved directory and fingerprint."""
+        return self.source if self.data is None else self.data.identity
 
     def to_dict(self) -> dict[str, Any]:
         return {

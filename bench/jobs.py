@@ -16,8 +16,8 @@ from bench.config import ConfigError, ResolvedRun
 from bench.device import resolve_device
 from bench.gate import Gate
 from bench.presets import Preset, get_preset
-from bench.registry import get_task
-from bench.results import environment, new_record
+from bench.registry import get_method, get_task
+from bench.results import Kind, RunRecord, Status, environment, run_key
 from bench.tasks.base import DataShape
 from bench.train import NonFiniteLoss, train_run
 
@@ -85,7 +85,7 @@ class DataCache:
         return self._datasets
 
 
-def run_serially(jobs: list[Job], context: Context, display: Display) -> Iterator[tuple[Job, dict[str, Any]]]:
+def run_serially(jobs: list[Job], context: Context, display: Display) -> Iterator[tuple[Job, RunRecord]]:
     """Each job in turn in this process, with its threads."""
     preset, cache = get_preset(context.preset), DataCache()
     for job in jobs:
@@ -102,11 +102,11 @@ def run_one(
     context: Context,
     on_step: Callable[[int, int], None],
     gate: Gate | None = None,
-) -> dict[str, Any]:
+) -> RunRecord:
     """The run's record, whatever happened (a usage error is raised instead)."""
     run = job.run
     start = time.perf_counter()
-    status, error, metrics, efficiency, extra = "ok", None, {}, {}, {}
+    status, error, metrics, efficiency, extra = Status.OK, None, {}, {}, {}
     try:
         datasets = cache.get(run, preset.shape)
         outcome = train_run(run, preset, datasets, on_step, gate)
@@ -120,30 +120,41 @@ def run_one(
     except ConfigError:
         raise
     except NonFiniteLoss as err:
-        status, error = "nan", str(err)
+        status, error = Status.NAN, str(err)
     except torch.OutOfMemoryError as err:
-        status, error = "oom", str(err).splitlines()[0]
+        status, error = Status.OOM, str(err).splitlines()[0]
     except Exception as err:  # a failed run is recorded; the sweep goes on
-        status, error = "error", f"{type(err).__name__}: {err}"
+        status, error = Status.ERROR, f"{type(err).__name__}: {err}"
         extra = {"traceback": traceback.format_exc(limit=8)}
     return job_record(job, context, status, error, time.perf_counter() - start, metrics, efficiency, **extra)
+
+
+def versions(run: ResolvedRun) -> dict[str, int]:
+    """The versions of the run's method and task: each bumps its own when its computation
+    changes, and the run key holds them, so no changed method or task reuses a record."""
+    return {"method": get_method(run.method).version, "task": get_task(run.task).version}
+
+
+def job_key(run: ResolvedRun) -> str:
+    return run_key(run.method, run.task, run.preset, run.source_identity, run.seed, run.to_dict(), versions(run))
 
 
 def job_record(
     job: Job,
     context: Context,
-    status: str,
+    status: Status,
     error: str | None,
     wall_s: float,
     metrics: dict[str, Any] | None = None,
     efficiency: dict[str, Any] | None = None,
     **extra: Any,
-) -> dict[str, Any]:
+) -> RunRecord:
     run = job.run
     env = environment(resolve_device(run.device))
     if context.workers > 1:
         env["workers"] = context.workers  # timed alone (bench.gate), but trained next to other runs
-    return new_record(
+    return RunRecord(
+        kind=Kind.RUN,
         key=job.key,
         git=context.git,
         command=context.command,
@@ -152,6 +163,7 @@ def job_record(
         preset=run.preset,
         source=run.source,
         seed=run.seed,
+        versions=versions(run),
         status=status,
         error=error,
         config=run.to_dict(),
@@ -160,5 +172,6 @@ def job_record(
         env=env,
         tags=run.tags,
         wall_s=wall_s,
+        data=run.data.record() if run.data is not None else None,
         **extra,
     )

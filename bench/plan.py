@@ -36,6 +36,7 @@ from bench.config import (
     build_section,
     parse_overrides,
 )
+from bench.data.fingerprint import DataSource, data_source
 from bench.device import check_workers, resolve_device
 from bench.presets import get_preset
 from bench.registry import METHODS, TASKS, get_method, get_task, task_names
@@ -162,13 +163,18 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
     sections = all_sections()
     base = parse_overrides(plan.overrides, sections)
     tagged = bool(plan.tune or plan.candidates)
+    data: dict[str, DataSource] = {}
     for task_name, path in plan.source.items():
-        if path != "synthetic" and not Path(path).is_dir():
+        if path == "synthetic":
+            continue
+        if not Path(path).is_dir():
             raise ConfigError(f"--data {task_name}={path}: not a directory")
+        data[task_name] = data_source(path)
     runs = []
     for task_name in plan.tasks:
         task = get_task(task_name)
-        source = plan.source.get(task_name, "synthetic")
+        real = data.get(task_name)
+        source = real.path if real is not None else "synthetic"
         for method in plan.methods:
             for seed in plan.seeds:
                 for candidate in plan.candidates_of(method):
@@ -191,10 +197,11 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
                             method_cfg=build_section(get_method(method).config_cls, method, {}, overrides),
                             task_cfg=for_source(task, source, task_cfg, overrides),
                             tags={**plan.tags, **tags},
+                            data=real,
                         )
                     )
     for run in runs:  # weights that cannot be found, or a budget reference that is no method, are usage errors too
-        resolve_weights(preset, run.towers, get_method(run.method).towers, rebuild=False)
+        run.weights = resolve_weights(preset, run.towers, get_method(run.method).towers)
         if run.train.budget == "flops":  # loaded only when used: a run imports only its own plug-ins
             get_method(run.train.budget_reference)
     return runs

@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +45,12 @@ from bench.data.synthetic import (
     render_sources,
 )
 from bench.presets import Preset, TowerSpec
+from bench.shipped import CORPORA, PretrainConfig, rebuild_dir, recipe, shipped_files, weight_files
+from bench.shipped import PRETRAIN_ROLES as ROLES
 from bench.tasks.base import DataShape
 from bench.towers import build_backbone
 from mettle_core.backbone import Backbone
 
-CORPORA = ("audio", "visual")
-# tower role -> the corpora it is pretrained on (one head per corpus)
-ROLES: dict[str, tuple[str, ...]] = {"audio": ("audio",), "visual": ("visual",), "shared": CORPORA}
 # corpus -> (factor name, number of multi-hot labels); each factor is one block of its head's outputs
 FACTORS: dict[str, tuple[tuple[str, int], ...]] = {
     "audio": (("pitch", SOURCE_PITCHES), ("pattern", len(SOURCE_PATTERNS))),
@@ -66,24 +66,6 @@ DATA = {
     "frequency and phase) on a textured noisy background with a grey distractor; labels: shapes present, "
     "hue bins present (multi-hot), grating orientation (one-hot)",
 }
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Recipe per tower: AdamW, linear warm-up then cosine decay, fresh batches each step."""
-
-    steps: int = 1000
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05
-    warmup: int = 100
-    heldout: int = 2000
-
-
-def weight_files(preset_name: str, out: Path) -> dict[str, Path]:
-    """Where `pretrain` writes: one tower file per role, the heads, the card."""
-    files = {role: out / f"{preset_name}_{role}.safetensors" for role in ROLES}
-    return files | {"heads": out / f"{preset_name}_heads.safetensors", "card": out / f"{preset_name}_card.json"}
 
 
 def sample(corpus: str, gen: torch.Generator, n: int, shape: DataShape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,12 +161,6 @@ def train_tower(
     return model, heads, scores
 
 
-def recipe(preset: Preset, seed: int, cfg: PretrainConfig) -> dict[str, Any]:
-    """Everything the weights depend on (the cache key of rebuilt weights)."""
-    towers = {role: asdict(getattr(preset, role)) | {"corpora": list(ROLES[role])} for role in ROLES}
-    return dict(preset=preset.name, towers=towers, shape=asdict(preset.shape), seed=seed, config=asdict(cfg))
-
-
 def pretrain(
     preset: Preset, out: Path, seed: int = 0, cfg: PretrainConfig | None = None, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
@@ -212,6 +188,22 @@ def pretrain(
     )
     files["card"].write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def ensure_shipped(preset: Preset, log: Callable[[str], None] = print) -> bool:
+    """Build `preset`'s shipped tower weights into the user cache when they are missing (a few
+    minutes, once); True when it did. The runner calls this before any run, outside every
+    run's timing: resolving weights never trains."""
+    _, origin = shipped_files(preset)
+    target = rebuild_dir(preset)
+    if origin == "shipped" or weight_files(preset.name, target)["card"].is_file():
+        return False
+    log(f"shipped {preset.name} tower weights are missing: pre-training them into {target} (first use only)")
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    pretrain(preset, partial, log=log)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return True
 
 
 def load_heads(path: Path) -> dict[tuple[str, str], nn.Linear]:

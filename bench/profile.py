@@ -32,6 +32,7 @@ import torch  # noqa: E402
 from bench.build import build_model, param_groups  # noqa: E402
 from bench.config import ConfigError, ResolvedRun  # noqa: E402
 from bench.device import resolve_device, to_device  # noqa: E402
+from bench.jobs import versions  # noqa: E402
 from bench.measure import (  # noqa: E402
     activation_bytes,
     cuda_peak_bytes,
@@ -43,7 +44,7 @@ from bench.plan import RunPlan, resolve  # noqa: E402
 from bench.presets import Preset, get_preset  # noqa: E402
 from bench.registry import get_task  # noqa: E402
 from bench.report import markdown  # noqa: E402
-from bench.results import ResultsStore, atomic_write_text, environment, git_state, new_record  # noqa: E402
+from bench.results import Kind, ResultsStore, RunRecord, Status, atomic_write_text, environment, git_state  # noqa: E402
 from bench.tasks.base import Batch, TaskModel  # noqa: E402
 
 MIB = 2**20
@@ -281,10 +282,10 @@ class Point:
     argv: list[str]
     git: dict[str, Any]  # read once when the profile starts
 
-    def record(self, status: str, error: str | None, efficiency: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    def record(self, status: Status, error: str | None, efficiency: dict[str, Any], **extra: Any) -> RunRecord:
         run = resolve_point(self.spec, self.method, self.batch_size, self.segments)
-        return new_record(
-            kind="profile",
+        return RunRecord(
+            kind=Kind.PROFILE,
             method=self.method,
             task=self.spec.task,
             preset=self.spec.preset,
@@ -292,6 +293,7 @@ class Point:
             segments=getattr(run.task_cfg, "segments", None),  # None: the task fixes its frames
             sweep=self.spec.sweep[0] if self.spec.sweep else None,
             reference=self.spec.reference,
+            versions=versions(run),
             status=status,
             error=error,
             efficiency=efficiency,
@@ -305,23 +307,23 @@ class Point:
         )
 
 
-def profile_point(point: Point, on_partial: Callable[[dict[str, Any]], None] = lambda figures: None) -> dict[str, Any]:
+def profile_point(point: Point, on_partial: Callable[[dict[str, Any]], None] = lambda figures: None) -> RunRecord:
     """One record; OOM and other failures end the point with a status, not the profile."""
     spec = point.spec
     preset = get_preset(spec.preset)
     run = resolve_point(spec, point.method, point.batch_size, point.segments)
     device = resolve_device(spec.device)
     start = time.perf_counter()
-    status, error, efficiency, extra = "ok", None, {}, {}
+    status, error, efficiency, extra = Status.OK, None, {}, {}
     try:
         efficiency = profile_step(build_step(run, preset, device), device, spec.warmup, spec.repeats, on_partial)
         gc.collect()
         if spec.budget is not None:
             efficiency.update(largest_batch(spec, point.method, preset, device))
     except torch.OutOfMemoryError as err:
-        status, error = "oom", str(err).splitlines()[0]
+        status, error = Status.OOM, str(err).splitlines()[0]
     except Exception as err:  # a failed point is recorded; the profile goes on
-        status, error = "error", f"{type(err).__name__}: {err}"
+        status, error = Status.ERROR, f"{type(err).__name__}: {err}"
         extra = {"traceback": traceback.format_exc(limit=8)}
     finally:
         gc.collect()
@@ -334,11 +336,12 @@ def _point_worker(point: Point, conn: Any) -> None:
     """Body of a point's own process: figures go back through `conn` as they are measured."""
     allocator = return_freed_memory_promptly() if resolve_device(point.spec.device).type == "cpu" else ""
     record = profile_point(point, on_partial=lambda figures: conn.send(("partial", figures)))
-    conn.send(("record", record | {"cpu_allocator": allocator}))
+    record.cpu_allocator = allocator
+    conn.send(("record", record))
     conn.close()
 
 
-def isolated_point(point: Point, worker: Callable[[Point, Any], None] = _point_worker) -> dict[str, Any]:
+def isolated_point(point: Point, worker: Callable[[Point, Any], None] = _point_worker) -> RunRecord:
     """Profile one point in a fresh process (`worker`, a module-level function), so that
     its resident memory starts from nothing (no allocator state left by the methods before
     it), and so that a point the operating system kills for memory (a CPU step raises no
@@ -369,7 +372,7 @@ def isolated_point(point: Point, worker: Callable[[Point, Any], None] = _point_w
     passes = "the memory and FLOP passes" if "flops_per_step" in partial else "the memory pass"
     done = f"after {passes}" if partial else "before any figure"
     error = f"the point's process was {how} {done} (on CPU most likely out of memory); figures so far are kept"
-    return point.record("killed", error, partial, wall_s=time.perf_counter() - start)
+    return point.record(Status.KILLED, error, partial, wall_s=time.perf_counter() - start)
 
 
 TABLE_COLUMNS = {  # efficiency key -> (label, scale, digits)
@@ -605,7 +608,7 @@ def run_profile(
         for method in spec.methods:
             record = isolated_point(Point(spec, method, b, t, command, argv, git))
             store.append(record)
-            records.append(record)
+            records.append(record.to_dict())
             if on_record is not None:
-                on_record(record)
+                on_record(records[-1])
     return records

@@ -25,6 +25,7 @@ from bench.measure import flops_per_step
 from bench.presets import Preset
 from bench.registry import get_method
 from bench.tasks.base import Batch, Task, TaskModel
+from bench.weights import random_sources
 
 Amp = Callable[[], AbstractContextManager[Any]]
 
@@ -79,6 +80,7 @@ def reference_flops(run: ResolvedRun, preset: Preset, task: Task, batch: Batch, 
         method=method,
         method_cfg=get_method(method).config_cls(),
         towers=TowersConfig(audio="random", visual="random", shared="random"),
+        weights=random_sources(),
     )
     devices = [batch["audio"].device] if batch["audio"].is_cuda else []
     with torch.random.fork_rng(devices=devices):  # building seeds the global generator

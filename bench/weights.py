@@ -4,30 +4,28 @@ A tower role (audio, visual, shared) is set by `--set towers.ROLE=VALUE` or, lef
 by its preset. A value is one of:
     random                      random initialisation
     shipped                     the preset's weights shipped in bench/weights/ (rebuilt
-                                into the user cache by `bench pretrain` when missing)
+                                into the user cache when missing: bench.shipped)
     hf-hub:ORG/REPO[/FILE]      a file of a Hugging Face repository, read from the local
                                 Hugging Face cache (model.safetensors or pytorch_model.bin
                                 when FILE is omitted); nothing is ever downloaded
     timm:MODEL.TAG              a timm pretrained tag, i.e. the hf-hub repository timm names
     PATH                        a local file (.safetensors, .pth, .bin, .ckpt, .npz)
 Every resolved source carries the file and its content digest, which each record keeps, so
-that a rerun notices weights that changed.
+that a rerun notices weights that changed. A run resolves its weights once, when its plan is
+resolved (bench.plan), and carries them; nothing here ever trains.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from bench.config import ConfigError, TowersConfig
+from bench.shipped import WEIGHTS_DIR, shipped_files
 
 if TYPE_CHECKING:
     from bench.presets import Preset
@@ -35,7 +33,7 @@ if TYPE_CHECKING:
 ROLES = ("audio", "visual", "shared")
 Origin = Literal["explicit", "hub", "shipped", "cache", "random"]
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
-WEIGHTS_DIR = Path(__file__).parent / "weights"
+__all__ = ["ROLES", "WEIGHTS_DIR", "WeightSource", "file_digest", "hub_file", "random_sources", "requested", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +45,17 @@ class WeightSource:
     name: str
     file: Path | None = None
     sha256: str | None = None
+
+    @property
+    def missing(self) -> bool:
+        """Shipped weights whose rebuild has not been made yet (bench.pretrain.ensure_shipped)."""
+        return self.file is not None and not self.file.is_file()
+
+    def with_digest(self) -> WeightSource:
+        """This source with the digest of its file (once the file exists)."""
+        if self.file is None or not self.file.is_file():
+            return self
+        return WeightSource(self.role, self.origin, self.name, self.file, file_digest(self.file))
 
     def record(self) -> dict[str, str | None]:
         return {
@@ -77,37 +86,34 @@ def requested(preset: Preset, towers: TowersConfig) -> dict[str, str]:
     return out
 
 
-def resolve(
-    preset: Preset, towers: TowersConfig, roles: tuple[str, ...] = ROLES, rebuild: bool = True
-) -> dict[str, WeightSource]:
-    """WeightSource per role. A setting that cannot be found is a ConfigError (exit 2). Shipped
-    weights that are missing are pre-trained into the user cache when `rebuild` (a few
-    minutes, once); without it their cache path is returned unchecked."""
+def resolve(preset: Preset, towers: TowersConfig, roles: tuple[str, ...] = ROLES) -> dict[str, WeightSource]:
+    """WeightSource per role, with its digest. A setting that cannot be found is a ConfigError
+    (exit 2). Missing shipped weights resolve to their rebuild's place in the cache, without a
+    digest until `bench.pretrain.ensure_shipped` has built them."""
     wanted = requested(preset, towers)
-    return {role: _resolve(role, wanted[role], preset, rebuild) for role in roles}
+    return {role: _resolve(role, wanted[role], preset) for role in roles}
 
 
-def _resolve(role: str, value: str, preset: Preset, rebuild: bool) -> WeightSource:
+def random_sources(roles: tuple[str, ...] = ROLES) -> dict[str, WeightSource]:
+    """Random initialisation for `roles`: what a model that is only counted or timed is built from."""
+    return {role: WeightSource(role, "random", "random") for role in roles}
+
+
+def _resolve(role: str, value: str, preset: Preset) -> WeightSource:
     if value == "random":
         return WeightSource(role, "random", value)
     if value == "shipped":
-        files, origin = shipped_files(preset, rebuild)
-        return _with_digest(WeightSource(role, origin, value, files[role]), check=rebuild)
+        files, origin = shipped_files(preset)
+        return WeightSource(role, origin, value, files[role]).with_digest()
     if value.startswith(("hf-hub:", "timm:")):
-        return _with_digest(WeightSource(role, "hub", value, hub_file(role, value)))
+        return WeightSource(role, "hub", value, hub_file(role, value)).with_digest()
     path = Path(value).expanduser()
     if not path.is_file():
         raise ConfigError(
             f"towers.{role}={value!r}: no such file (expected a local checkpoint, an hf-hub:ORG/REPO or "
             "timm:MODEL.TAG name, 'shipped' or 'random')"
         )
-    return _with_digest(WeightSource(role, "explicit", value, path))
-
-
-def _with_digest(source: WeightSource, check: bool = True) -> WeightSource:
-    if source.file is None or not (check or source.file.is_file()):
-        return source
-    return WeightSource(source.role, source.origin, source.name, source.file, file_digest(source.file))
+    return WeightSource(role, "explicit", value, path).with_digest()
 
 
 def hf_cache_dir() -> Path:
@@ -156,33 +162,6 @@ def _hub_target(role: str, value: str) -> tuple[str, tuple[str, ...]]:
     if len(parts) < 2 or not all(parts[:2]):
         raise ConfigError(f"towers.{role}={value!r}: expected hf-hub:ORG/REPO or hf-hub:ORG/REPO/FILE")
     return "/".join(parts[:2]), (parts[2],) if len(parts) == 3 else HUB_FILES
-
-
-def shipped_files(preset: Preset, rebuild: bool = True, log: Callable[[str], None] | None = None) -> tuple:
-    """({role: file}, origin): the preset's shipped tower weights, or, when they are missing,
-    the same recipe rebuilt in the user cache (pre-trained there on first use if `rebuild`)."""
-    from bench.pretrain import PretrainConfig, pretrain, recipe, weight_files
-
-    shipped = weight_files(preset.name, WEIGHTS_DIR)
-    if all(shipped[role].is_file() for role in ROLES):
-        return {role: shipped[role] for role in ROLES}, "shipped"
-    key = hashlib.sha256(json.dumps(recipe(preset, 0, PretrainConfig()), sort_keys=True).encode()).hexdigest()[:12]
-    target = cache_dir() / f"{preset.name}-{key}"
-    files = weight_files(preset.name, target)
-    if rebuild and not files["card"].is_file():
-        log = log or (lambda text: print(text, file=sys.stderr))
-        log(f"shipped {preset.name} tower weights are missing: pre-training them into {target} (first use only)")
-        partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
-        pretrain(preset, partial, log=log)
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
-    return {role: files[role] for role in ROLES}, "cache"
-
-
-def cache_dir() -> Path:
-    """Where rebuilt weights go: $METTLE_BENCH_CACHE, else ~/.cache/mettle-bench."""
-    env = os.environ.get("METTLE_BENCH_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "mettle-bench"
 
 
 def file_digest(path: Path) -> str:

@@ -24,6 +24,7 @@ from bench.device import threads_per_worker
 from bench.gate import ProcessGate
 from bench.jobs import Context, DataCache, Display, Job, data_key, job_record, run_one
 from bench.presets import get_preset
+from bench.results import RunRecord, Status
 
 
 class Worker:
@@ -57,7 +58,7 @@ class Worker:
 
 def run_in_processes(
     jobs: list[Job], context: Context, display: Display, processes: int
-) -> Iterator[tuple[Job, dict[str, Any]]]:
+) -> Iterator[tuple[Job, RunRecord]]:
     """Each job in one of `processes` processes, yielded as it finishes."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or CUDA state
     gate = ProcessGate(ctx, processes)
@@ -101,7 +102,7 @@ def run_in_processes(
                         worker.process.join()
                         gate.reset(worker.slot)
                         error = f"its worker process died (exit code {worker.process.exitcode})"
-                        yield job, job_record(job, context, "error", error, time.perf_counter() - worker.started)
+                        yield job, job_record(job, context, Status.ERROR, error, time.perf_counter() - worker.started)
                         if pending:
                             workers[worker.slot] = worker = Worker(ctx, worker.slot, gate, context, threads)
                     else:

@@ -213,7 +213,9 @@ class MethodEntry:
     exactly those towers' weights). Each method module holds one as `METHOD`; the harness's
     registry names where. `train_defaults` are the method's own defaults for the harness's
     training settings (its learning rate, chosen on val like its config's defaults); the
-    preset's come first, then these, then the user's `--set train.KEY=VALUE`."""
+    preset's come first, then these, then the user's `--set train.KEY=VALUE`. `version` is
+    bumped whenever what the method computes changes: run keys hold it, so records of an older
+    version are never taken as this one's."""
 
     name: str
     config_cls: type
@@ -221,6 +223,7 @@ class MethodEntry:
     description: str
     towers: tuple[TowerRole, ...]
     train_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    version: int = 1
 
     def __post_init__(self) -> None:
         if not dataclasses.is_dataclass(self.config_cls):

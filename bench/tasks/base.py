@@ -62,6 +62,9 @@ class Task(ABC):
     metric_keys: ClassVar[tuple[str, ...]]
     chance: ClassVar[str] = ""  # human-readable chance level, for reports
     real_fixes: ClassVar[dict[str, Any]] = {}  # config values the real data decides, whatever the preset says
+    # bumped whenever what the task computes changes (data, head, loss, metric): run keys hold
+    # it, so records of an older version are never taken as this one's
+    version: ClassVar[int] = 1
 
     @abstractmethod
     def spec(self, cfg: Any) -> TaskSpec: ...

@@ -129,7 +129,7 @@ def test_records_name_the_weights_each_tower_was_built_from_and_reruns_follow_th
     latest = _records(tmp_path)[-2:]
     assert [r["weights"]["shared" if r["method"] == "lavish" else "visual"]["sha256"] for r in latest] == [changed] * 2
     legacy = {k: v for k, v in _records(tmp_path)[-1].items() if k != "weights"}  # records from before weights existed
-    assert not weights_changed(legacy, get_preset("smoke"), resolve(RunPlan(["lavish"], ["ave"], "smoke"))[0])
+    assert not weights_changed(legacy, resolve(RunPlan(["lavish"], ["ave"], "smoke"))[0])
 
 
 @pytest.mark.parametrize(

@@ -10,13 +10,14 @@ import torch
 from safetensors.torch import load_file
 
 import bench.pretrain as pretrain_mod
-import bench.weights as weights_mod
+import bench.shipped as shipped_mod
 from bench.cli import main
 from bench.config import TowersConfig
 from bench.presets import get_preset
 from bench.pretrain import ROLES, PretrainConfig, evaluate, load_heads, recipe, weight_files
+from bench.shipped import WEIGHTS_DIR, shipped_files
 from bench.towers import build_backbone
-from bench.weights import WEIGHTS_DIR, resolve, shipped_files
+from bench.weights import resolve
 
 TINY = get_preset("tiny")
 FILES = weight_files("tiny", WEIGHTS_DIR)
@@ -25,7 +26,7 @@ ALL_ROLES = ("audio", "visual", "shared")
 
 
 def test_tiny_towers_load_the_shipped_weights_strictly():
-    assert shipped_files(TINY, rebuild=False) == ({role: FILES[role] for role in ALL_ROLES}, "shipped")
+    assert shipped_files(TINY) == ({role: FILES[role] for role in ALL_ROLES}, "shipped")
     assert TINY.shared.arch == TINY.visual.arch  # LAVisH's tower has the visual architecture, hearing through an fbank
     for role in ALL_ROLES:
         spec = getattr(TINY, role)
@@ -89,14 +90,16 @@ def test_pretrain_command_writes_loadable_weights_and_card(tmp_path, monkeypatch
 
 def test_missing_weights_are_rebuilt_into_the_cache_once(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrain_mod, "PretrainConfig", lambda: FEW_STEPS)
-    monkeypatch.setattr(weights_mod, "WEIGHTS_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(shipped_mod, "WEIGHTS_DIR", tmp_path / "shipped")
     monkeypatch.setenv("METTLE_BENCH_CACHE", str(tmp_path / "cache"))
     messages: list[str] = []
-    paths, origin = shipped_files(TINY, log=messages.append)
-    assert origin == "cache" and any("first use" in m for m in messages)
-    assert all(p.is_file() and p.is_relative_to(tmp_path / "cache") for p in paths.values())
+    assert pretrain_mod.ensure_shipped(TINY, log=messages.append)
+    assert any("first use" in m for m in messages)
+    paths, origin = shipped_files(TINY)
+    assert origin == "cache" and all(p.is_file() and p.is_relative_to(tmp_path / "cache") for p in paths.values())
     messages.clear()
-    assert shipped_files(TINY, log=messages.append) == (paths, "cache") and not messages
+    assert not pretrain_mod.ensure_shipped(TINY, log=messages.append) and not messages
+    assert shipped_files(TINY) == (paths, "cache")
     build_backbone(TINY.audio, TINY.shape, paths["audio"])
 
 

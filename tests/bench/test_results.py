@@ -1,28 +1,60 @@
 import json
 import subprocess
+from pathlib import Path
 
-from bench.results import ResultsStore, atomic_write_text, git_state, run_key
+import pytest
+
+from bench.results import (
+    SCHEMA_VERSION,
+    Kind,
+    RecordError,
+    ResultsStore,
+    RunRecord,
+    Status,
+    atomic_write_text,
+    git_state,
+    run_key,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def record(key: str, status: Status = Status.OK, **fields) -> RunRecord:
+    return RunRecord(
+        kind=Kind.RUN, key=key, method="frozen", task="ave", preset="smoke", source="synthetic", seed=0,
+        status=status, config={"train": {"lr": 1e-3}}, **fields,
+    )  # fmt: skip
 
 
 def test_append_and_load_round_trip(tmp_path):
     store = ResultsStore(tmp_path)
-    store.append({"key": "a", "status": "ok"})
-    store.append({"key": "b", "status": "error"})
+    store.append(record("a", versions={"method": 1, "task": 2}))
+    store.append(record("b", Status.ERROR, error="ValueError: x"))
     report = store.load()
     assert [r["key"] for r in report.records] == ["a", "b"]
     assert report.bad_lines == []
     assert store.finished_keys() == {"a"}
+    first = report.records[0]
+    assert first["schema"] == SCHEMA_VERSION == 2 and first["kind"] == "run" and first["versions"]["task"] == 2
+    assert RunRecord.from_dict(first) == RunRecord.from_dict(json.loads(json.dumps(first)))
+    assert RunRecord.from_dict(report.records[1]).status is Status.ERROR
+
+
+def test_the_json_form_leaves_out_what_another_kind_has():
+    data = record("a").to_dict()
+    assert "batch_size" not in data and "traceback" not in data and data["error"] is None
+    assert json.loads(json.dumps(data))["status"] == "ok"  # the enum is written as its plain value
 
 
 def test_torn_last_line_is_reported_ignored_and_isolated(tmp_path):
     store = ResultsStore(tmp_path)
-    store.append({"key": "a", "status": "ok"})
+    store.append(record("a"))
     with open(store.path, "ab") as f:
         f.write(b'{"key": "b", "sta')  # a writer killed mid-line
     report = store.load()
     assert [r["key"] for r in report.records] == ["a"]
     assert report.bad_lines == [(2, "torn last line (interrupted write)")]
-    store.append({"key": "c", "status": "ok"})
+    store.append(record("c"))
     lines = store.path.read_text().splitlines()
     assert json.loads(lines[-1])["key"] == "c"
     report = store.load()
@@ -30,11 +62,36 @@ def test_torn_last_line_is_reported_ignored_and_isolated(tmp_path):
     assert report.bad_lines[0][0] == 2 and "not a JSON record" in report.bad_lines[0][1]
 
 
-def test_run_key_depends_on_config_and_seed():
-    base = run_key("mettle", "ave", "tiny", "synthetic", 0, {"train": {"lr": 1e-3}})
-    assert base == run_key("mettle", "ave", "tiny", "synthetic", 0, {"train": {"lr": 1e-3}})
-    assert base != run_key("mettle", "ave", "tiny", "synthetic", 1, {"train": {"lr": 1e-3}})
-    assert base != run_key("mettle", "ave", "tiny", "synthetic", 0, {"train": {"lr": 2e-3}})
+def test_json_lines_that_are_no_records_are_reported_and_skipped(tmp_path):
+    store = ResultsStore(tmp_path)
+    store.append(record("a"))
+    with open(store.path, "a") as f:
+        f.write(json.dumps({"key": "b", "status": "ok", "method": "frozen"}) + "\n")
+        f.write(json.dumps(record("c").to_dict() | {"status": "finished"}) + "\n")
+    store.append(record("d"))
+    report = store.load()
+    assert [r["key"] for r in report.records] == ["a", "d"]
+    (line2, why2), (line3, why3) = report.bad_lines
+    assert line2 == 2 and why2.startswith("not a run record: lacks task, preset, source, seed, config")
+    assert line3 == 3 and "unknown status 'finished'" in why3
+
+
+def test_schema_1_records_still_load():
+    first = json.loads((REPO / "results" / "runs.jsonl").read_text().splitlines()[0])
+    assert first["schema"] == 1 and "kind" not in first and "versions" not in first
+    old = RunRecord.from_dict(first)
+    assert old.kind is Kind.RUN and old.versions == {} and old.ok and old.schema == 1
+    assert old.to_dict() | {"kind": "run", "versions": {}} == first | {"kind": "run", "versions": {}}
+    with pytest.raises(RecordError, match="unknown kind"):
+        RunRecord.from_dict(first | {"kind": "sweep"})
+
+
+def test_run_key_depends_on_config_seed_and_versions():
+    base = run_key("mettle", "ave", "tiny", "synthetic", 0, {"train": {"lr": 1e-3}}, {"method": 1, "task": 1})
+    assert base == run_key("mettle", "ave", "tiny", "synthetic", 0, {"train": {"lr": 1e-3}}, {"method": 1, "task": 1})
+    assert base != run_key("mettle", "ave", "tiny", "synthetic", 1, {"train": {"lr": 1e-3}}, {"method": 1, "task": 1})
+    assert base != run_key("mettle", "ave", "tiny", "synthetic", 0, {"train": {"lr": 2e-3}}, {"method": 1, "task": 1})
+    assert base != run_key("mettle", "ave", "tiny", "synthetic", 0, {"train": {"lr": 1e-3}}, {"method": 1, "task": 2})
 
 
 def test_atomic_write_text_leaves_no_temporary(tmp_path):

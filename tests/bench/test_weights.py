@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import bench.weights as weights
+import bench.shipped as shipped
 from bench.config import ConfigError, TowersConfig
 from bench.presets import get_preset
 from bench.weights import file_digest, hub_file, requested, resolve
@@ -97,7 +97,10 @@ def test_digest_identifies_content_not_path(tmp_path: Path) -> None:
 
 
 def test_missing_shipped_weights_point_at_the_user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "WEIGHTS_DIR", tmp_path / "not-shipped")
+    monkeypatch.setattr(shipped, "WEIGHTS_DIR", tmp_path / "not-shipped")
     monkeypatch.setenv("METTLE_BENCH_CACHE", str(tmp_path / "cache"))
-    files, origin = weights.shipped_files(get_preset("tiny"), rebuild=False)
+    files, origin = shipped.shipped_files(get_preset("tiny"))
     assert origin == "cache" and files["audio"].is_relative_to(tmp_path / "cache")
+    assert not any(tmp_path.joinpath("cache").rglob("*"))  # resolving never trains
+    source = resolve(get_preset("tiny"), TowersConfig())["audio"]
+    assert source.origin == "cache" and source.missing and source.sha256 is None
