@@ -9,7 +9,7 @@ by its preset. A value is one of:
                                 Hugging Face cache (model.safetensors or pytorch_model.bin
                                 when FILE is omitted); nothing is ever downloaded
     timm:MODEL.TAG              a timm pretrained tag, i.e. the hf-hub repository timm names
-    PATH                        a local file (.safetensors, .pth, .bin, .ckpt, .npz)
+    PATH                        a local file (.safetensors, .pth, .pt, .bin, .ckpt, .npz)
 Every resolved source carries the file and its content digest, which each record keeps, so
 that a rerun notices weights that changed. A run resolves its weights once, when its plan is
 resolved (bench.plan), and carries them; nothing here ever trains.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 ROLES = ("audio", "visual", "shared")
 Origin = Literal["explicit", "hub", "shipped", "cache", "random"]
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
+CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz")
+PICKLE_PROTO = 0x80  # first byte of a pickle of protocol 2 or later
 __all__ = ["ROLES", "WEIGHTS_DIR", "WeightSource", "file_digest", "hub_file", "random_sources", "requested", "resolve"]
 
 
@@ -106,14 +109,40 @@ def _resolve(role: str, value: str, preset: Preset) -> WeightSource:
         files, origin = shipped_files(preset)
         return WeightSource(role, origin, value, files[role]).with_digest()
     if value.startswith(("hf-hub:", "timm:")):
-        return WeightSource(role, "hub", value, hub_file(role, value)).with_digest()
+        return WeightSource(role, "hub", value, checked(role, value, hub_file(role, value))).with_digest()
     path = Path(value).expanduser()
     if not path.is_file():
         raise ConfigError(
             f"towers.{role}={value!r}: no such file (expected a local checkpoint, an hf-hub:ORG/REPO or "
             "timm:MODEL.TAG name, 'shipped' or 'random')"
         )
-    return WeightSource(role, "explicit", value, path).with_digest()
+    return WeightSource(role, "explicit", value, checked(role, value, path)).with_digest()
+
+
+def checked(role: str, value: str, path: Path) -> Path:
+    """`path`, once its container is what its suffix says (read from its first bytes only), so that
+    a corrupt or mistaken file is a usage error naming it, not a failed run after the data loads."""
+    suffix = path.suffix.lower()
+    if suffix not in CHECKPOINT_SUFFIXES:
+        raise ConfigError(
+            f"towers.{role}={value!r}: {path} has no checkpoint suffix "
+            f"(expected one of {', '.join(CHECKPOINT_SUFFIXES)})"
+        )
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError, safe_open
+
+        try:
+            with safe_open(str(path), framework="pt"):
+                return path
+        except (SafetensorError, OSError) as err:
+            raise ConfigError(f"towers.{role}={value!r}: {path} is not a readable safetensors file ({err})") from None
+    with open(path, "rb") as f:
+        head = f.read(2)
+    pickled = len(head) == 2 and head[0] == PICKLE_PROTO and 2 <= head[1] <= 5  # torch's legacy format
+    if not (zipfile.is_zipfile(path) or (pickled and suffix != ".npz")):
+        expected = "a NumPy .npz (zip) archive" if suffix == ".npz" else "a PyTorch checkpoint (zip archive or pickle)"
+        raise ConfigError(f"towers.{role}={value!r}: {path} is not {expected}; is it truncated or another format?")
+    return path
 
 
 def hf_cache_dir() -> Path:

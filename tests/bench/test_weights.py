@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 import bench.shipped as shipped
 from bench.config import ConfigError, TowersConfig
@@ -70,7 +72,7 @@ def test_malformed_hub_names_are_usage_errors(hf_cache: Path, value: str, match:
 
 def test_local_random_and_missing_files(tmp_path: Path) -> None:
     ckpt = tmp_path / "visual.safetensors"
-    ckpt.write_bytes(b"x" * 10)
+    save_file({"w": torch.zeros(2)}, str(ckpt))
     smoke = get_preset("smoke")
     sources = resolve(smoke, TowersConfig(visual=str(ckpt)), ("audio", "visual", "shared"))
     assert sources["audio"].origin == "random" and sources["audio"].file is None
@@ -78,6 +80,34 @@ def test_local_random_and_missing_files(tmp_path: Path) -> None:
     assert sources["shared"].file == ckpt  # LAVisH shares the visual tower that was set
     with pytest.raises(ConfigError, match=r"towers.audio='/nope.ckpt': no such file"):
         resolve(smoke, TowersConfig(audio="/nope.ckpt"))
+
+
+def _pickled(path: Path) -> None:
+    torch.save({"w": torch.zeros(2)}, path, _use_new_zipfile_serialization=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "write", "expected"),
+    [
+        ("random.safetensors", lambda p: p.write_bytes(bytes(range(256)) * 8), "is not a readable safetensors file"),
+        ("random.pth", lambda p: p.write_bytes(b"\x00\x01" * 1000), "is not a PyTorch checkpoint"),
+        ("empty.ckpt", lambda p: p.write_bytes(b""), "is not a PyTorch checkpoint"),
+        ("pickled.npz", _pickled, "is not a NumPy .npz"),
+        ("weights.h5", lambda p: p.write_bytes(b"x"), "has no checkpoint suffix"),
+    ],
+)
+def test_a_checkpoint_that_is_not_one_is_a_usage_error_naming_it(tmp_path: Path, name, write, expected) -> None:
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(ConfigError, match=rf"towers.visual='{path}': {path} {expected}"):
+        resolve(get_preset("smoke"), TowersConfig(visual=str(path)), ("visual",))
+
+
+@pytest.mark.parametrize("save", [lambda p: torch.save({"w": torch.zeros(2)}, p), _pickled])
+def test_both_pytorch_formats_pass_the_check(tmp_path: Path, save) -> None:
+    path = tmp_path / "tower.pth"
+    save(path)
+    assert resolve(get_preset("smoke"), TowersConfig(visual=str(path)), ("visual",))["visual"].file == path
 
 
 def test_a_role_the_preset_cannot_fill_must_be_set() -> None:
