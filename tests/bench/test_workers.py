@@ -74,9 +74,9 @@ def test_a_worker_that_dies_costs_its_run_only(tmp_path: Path) -> None:
     with Progress(disable=True) as progress:
         done = list(run_in_processes(jobs, Context("smoke", {}, None, 2), Killer(progress), processes=1))
     (first, died), (second, record) = done
-    assert first.run.method == "frozen" and died["status"] == "error"
-    assert died["error"] == f"its worker process died (exit code {-signal.SIGKILL})"
-    assert second.run.method == "mettle" and record["status"] == "ok"
+    assert first.run.method == "frozen" and died.status == "error"
+    assert died.error == f"its worker process died (exit code {-signal.SIGKILL})"
+    assert second.run.method == "mettle" and record.status == "ok"
 
 
 def test_a_usage_error_inside_a_worker_stops_the_command(tmp_path: Path) -> None:
