@@ -37,10 +37,23 @@ class TrainConfig:
     # at its default config) spends in those epochs, so that cheap steps buy more of them.
     budget: Literal["epochs", "flops"] = "epochs"
     budget_reference: str = "lavish"
+    # adamw: decoupled weight decay; adam: torch's Adam, whose weight decay is an L2 term in the gradient
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    # the learning rate's multiplier at each optimizer step (bench.schedule): constant; step: times
+    # `gamma` every `step_size` epochs (the official AVE recipes: 3 / 0.35); cosine: half a cosine
+    # from 1 to 0 over the run's optimizer steps. `warmup_steps` ramps it up linearly first.
+    schedule: Literal["constant", "step", "cosine"] = "constant"
+    step_size: int = 3  # epochs
+    gamma: float = 0.35
+    warmup_steps: int = 0  # optimizer steps
+    accumulate: int = 1  # batches whose gradients add up to one optimizer step
+    patience: int = 0  # stop after this many epochs without a better val selection metric; 0: never
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "batch_size", "lr", "head_lr")
-        _non_negative(self, "weight_decay", "grad_clip")
+        _positive(self, "epochs", "batch_size", "lr", "head_lr", "step_size", "accumulate")
+        _non_negative(self, "weight_decay", "grad_clip", "warmup_steps", "patience")
+        if not 0 < self.gamma <= 1:  # also refuses NaN
+            raise ConfigError(f"TrainConfig.gamma must be in (0, 1], got {self.gamma!r}")
         _choices(self)
 
 

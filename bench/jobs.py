@@ -7,11 +7,13 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import Progress
 
+from bench.checkpoint import RunCheckpoint, fingerprint
 from bench.config import ConfigError, ResolvedRun
 from bench.device import resolve_device
 from bench.gate import Gate
@@ -43,6 +45,7 @@ class Context:
     git: dict[str, Any]  # the code this invocation runs, even if a commit lands while it works
     command: str | None
     workers: int = 1  # runs done at once (bench.workers)
+    checkpoints: Path | None = None  # OUT/checkpoints: where unfinished runs keep their state (bench.checkpoint)
 
 
 class Display:
@@ -109,7 +112,8 @@ def run_one(
     status, error, metrics, efficiency, extra = Status.OK, None, {}, {}, {}
     try:
         datasets = cache.get(run, preset.shape)
-        outcome = train_run(run, preset, datasets, on_step, gate)
+        checkpoint = job_checkpoint(job, context.checkpoints) if context.checkpoints is not None else None
+        outcome = train_run(run, preset, datasets, on_step, gate, checkpoint)
         metrics, efficiency = outcome.metrics, outcome.efficiency
         extra = {
             "best_epoch": outcome.best_epoch,
@@ -137,6 +141,11 @@ def versions(run: ResolvedRun) -> dict[str, int]:
 
 def job_key(run: ResolvedRun) -> str:
     return run_key(run.method, run.task, run.preset, run.source_identity, run.seed, run.to_dict(), versions(run))
+
+
+def job_checkpoint(job: Job, checkpoints: Path) -> RunCheckpoint:
+    """Where the job's run keeps its state until it has a record."""
+    return RunCheckpoint(checkpoints / job.key, fingerprint(job.key, job.run))
 
 
 def job_record(

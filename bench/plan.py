@@ -116,6 +116,7 @@ class RunPlan:
     tune: str | None = None  # "section.key=v1,v2,...": the same candidates for every method
     command: str | None = None  # the command line that asked for these runs; every record keeps it
     workers: int | None = 1  # runs at once, each in a process of its own (bench.workers); None: one per core
+    keep_checkpoints: bool = False  # keep OUT/checkpoints/<run key> once the run has its record
 
     def candidates_of(self, method: str) -> list[Candidate]:
         if self.tune:

@@ -10,9 +10,10 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bench.checkpoint import interrupts
 from bench.config import ResolvedRun
 from bench.device import check_workers, is_main_process, threads_per_worker
-from bench.jobs import Context, Display, Job, job_key, run_serially
+from bench.jobs import Context, Display, Job, job_checkpoint, job_key, run_serially
 from bench.plan import RunPlan, resolve
 from bench.presets import get_preset
 from bench.pretrain import ensure_shipped
@@ -55,18 +56,25 @@ def execute(
             console.print(f"rerun {job.label}: its tower weights differ from those {store.path} recorded")
         todo.append(job)
     processes = min(check_workers(plan.workers, plan.device), len(todo)) or 1
-    context = Context(plan.preset, git_state(out_dir), plan.command, processes)
+    checkpoints = out_dir / "checkpoints"
+    context = Context(plan.preset, git_state(out_dir), plan.command, processes, checkpoints)
+    for job in todo:
+        if (checkpoint := job_checkpoint(job, checkpoints)).exists():
+            console.print(f"resume {job.label} from {checkpoint.path}")
     if processes > 1:
         threads = threads_per_worker(processes)
         console.print(f"{len(todo)} runs, {processes} at a time with {threads} thread(s) each; timing passes run alone")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    with (
+        interrupts(plan.command),
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as progress,
+    ):
         overall = progress.add_task("runs", total=len(runs), completed=len(records))
         display = Display(progress)
         if processes == 1:
@@ -76,6 +84,8 @@ def execute(
         for job, record in done:
             if is_main_process():  # under torchrun every rank has the same record; one is kept
                 store.append(record)
+                if not plan.keep_checkpoints:
+                    job_checkpoint(job, checkpoints).remove()
             records[job.index] = record.to_dict()
             if on_record is not None:
                 on_record(records[job.index])

@@ -29,6 +29,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 from rich.console import Console
 
+from bench.checkpoint import RunInterrupted
 from bench.config import ConfigError, parse_value
 from bench.device import threads_per_worker
 from bench.plan import RunPlan, all_sections
@@ -229,7 +230,11 @@ def make_objective(spec: SweepSpec, out: Path, console: Console) -> Callable[[Tr
             tags={"study": spec.study, "trial": str(trial.number), "swept": ",".join(spec.grid)},
             command=spec.command,
         )
-        records = execute(plan, out, console)
+        try:
+            records = execute(plan, out, console)
+        except RunInterrupted:  # optuna fails the trial; its point is queued again, for the rerun to resume
+            trial.study.enqueue_trial(params)
+            raise
         trial.set_user_attr("run_ids", [r["run_id"] for r in records])
         if failed := [r for r in records if r["status"] != "ok"]:
             trial.set_user_attr("status", failed[0]["status"])
