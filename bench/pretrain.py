@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bench.data.core import DataShape
 from bench.data.synthetic import (
     SCENE_HUES,
     SCENE_ORIENTATIONS,
@@ -44,7 +45,6 @@ from bench.data.synthetic import (
     render_sources,
 )
 from bench.presets import Preset, TowerSpec
-from bench.tasks.base import DataShape
 from bench.towers import build_backbone
 from mettle_core.backbone import Backbone
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from bench.data.core import DataShape
 from bench.data.errors import DataError, warn_data
 from bench.data.media import PreparedAVDataset, parse_time, read_lines
-from bench.tasks.base import DataShape
 
 SEGMENTS = 10
 NUM_EVENTS = 28

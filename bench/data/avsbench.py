@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from bench.data.core import SPLITS, Batch, DataShape
 from bench.data.errors import DataError
 from bench.data.media import audio_tensor, load_array, media_rate, visual_tensor
 from bench.frontends import resampler
-from bench.tasks.base import SPLITS, Batch, DataShape
 
 FRAMES = 5
 VARIANTS = {

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from bench.data.core import Batch, DataShape
 from bench.data.errors import DataError
 from bench.frontends import resampler
-from bench.tasks.base import Batch, DataShape
 
 MEDIA_INFO = "media.json"
 
