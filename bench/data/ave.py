@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from bench.data.core import DataShape
 from bench.data.errors import DataError, warn_data
-from bench.data.media import PreparedAVDataset, parse_time, read_lines
+from bench.data.media import parse_time, prepared_splits, read_lines
 
 SEGMENTS = 10
 NUM_EVENTS = 28
@@ -77,7 +77,7 @@ def load_ave(root: Path, shape: DataShape) -> dict[str, Dataset]:
     seg = torch.arange(SEGMENTS)
     splits = {split: read_annotations(root / name) for split, name in SPLIT_FILES.items()}
     report_repeats(root / "Annotations.txt", annotations, splits)
-    out: dict[str, Dataset] = {}
+    prepared = {}
     for split, rows in splits.items():
         path = root / SPLIT_FILES[split]
         labels = []
@@ -87,5 +87,5 @@ def load_ave(root: Path, shape: DataShape) -> dict[str, Dataset]:
             inside = (seg >= start) & (seg < end)
             labels.append(torch.where(inside, index[cat], NUM_EVENTS))
         label = torch.stack(labels) if labels else torch.zeros(0, SEGMENTS, dtype=torch.long)
-        out[split] = PreparedAVDataset(root, [r[2] for r in rows], {"label": label}, shape, SEGMENTS)
-    return out
+        prepared[split] = ([r[2] for r in rows], {"label": label})
+    return prepared_splits(root, prepared, shape, SEGMENTS)

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from bench.data.core import DataShape
 from bench.data.errors import DataError, warn_data
-from bench.data.media import PreparedAVDataset, parse_time, read_lines
+from bench.data.media import parse_time, prepared_splits, read_lines
 
 LLP_CLASSES = (
     "Speech", "Car", "Cheering", "Dog", "Cat", "Frying_(food)", "Basketball_bounce", "Fire_alarm", "Chainsaw",
@@ -102,7 +102,7 @@ def youtube_id(filename: str) -> tuple[str, ...]:
 def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
     audio_events = _events(root / "AVVP_eval_audio.csv")
     visual_events = _events(root / "AVVP_eval_visual.csv")
-    out: dict[str, Dataset] = {}
+    prepared = {}
     for split, name in SPLIT_FILES.items():
         path = root / name
         rows = _table(path, ("filename", "event_labels"))
@@ -115,5 +115,5 @@ def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
         if split != "train":
             targets["gt_audio"] = _segment_gt(audio_events, videos)
             targets["gt_visual"] = _segment_gt(visual_events, videos)
-        out[split] = PreparedAVDataset(root, videos, targets, shape, SEGMENTS, aliases=youtube_id)
-    return out
+        prepared[split] = (videos, targets)
+    return prepared_splits(root, prepared, shape, SEGMENTS, aliases=youtube_id)
