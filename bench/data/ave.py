@@ -80,12 +80,13 @@ def load_ave(root: Path, shape: DataShape) -> dict[str, Dataset]:
     prepared = {}
     for split, rows in splits.items():
         path = root / SPLIT_FILES[split]
+        if not rows:
+            raise DataError(path, f"the {split} split is empty: no Category&VideoID&Quality&StartTime&EndTime rows")
         labels = []
         for line, cat, _, start, end in rows:
             if cat not in index:
                 raise DataError(path, f"unknown category {cat!r} (not in Annotations.txt)", line)
             inside = (seg >= start) & (seg < end)
             labels.append(torch.where(inside, index[cat], NUM_EVENTS))
-        label = torch.stack(labels) if labels else torch.zeros(0, SEGMENTS, dtype=torch.long)
-        prepared[split] = ([r[2] for r in rows], {"label": label})
+        prepared[split] = ([r[2] for r in rows], {"label": torch.stack(labels)})
     return prepared_splits(root, prepared, shape, SEGMENTS)

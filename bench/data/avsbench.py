@@ -69,6 +69,9 @@ def read_meta(path: Path, variant: str) -> dict[str, list[tuple[str, str]]]:
         if row[col] not in out:
             raise DataError(path, f"split must be one of {', '.join(SPLITS)}, got {row[col]!r}", line)
         out[row[col]].append((row[0], row[2] if variant == "s4" else ""))
+    for split, videos in out.items():
+        if not videos:
+            raise DataError(path, f"the {split} split is empty: no row has split {split!r}")
     return out
 
 

@@ -106,6 +106,8 @@ def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
     for split, name in SPLIT_FILES.items():
         path = root / name
         rows = _table(path, ("filename", "event_labels"))
+        if not rows:
+            raise DataError(path, f"the {split} split is empty: no rows under the header")
         videos = [f[0] for _, f in rows]
         label = torch.zeros(len(rows), NUM_CLASSES)
         for i, (line, (_, labels)) in enumerate(rows):

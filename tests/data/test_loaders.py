@@ -383,3 +383,36 @@ def test_avsbench_bad_files_of_every_split_fail_when_built_in_one_error(tmp_path
     ]
     assert str(err.value).splitlines()[2].startswith(f"  {data / 'gt_masks/val/dog/vC/vC_2.png'}: unreadable image (")
     assert str(err.value).splitlines()[3] == f"  {frame}: truncated PNG: it does not end with an IEND chunk"
+
+
+TREES = {  # a tree in each real layout, and its loader
+    "ave": (lambda root: ave_tree(root, header=True), lambda root: load_ave(root, SHAPE)),
+    "llp": (llp_tree, lambda root: load_llp(root, SHAPE)),
+    "s4": (avs_tree, lambda root: load_avsbench(root, "s4", SHAPE)),
+    "ms3": (avs_tree, lambda root: load_avsbench(root, "ms3", SHAPE)),
+}
+
+
+@pytest.mark.parametrize(
+    ("tree", "file", "text", "message"),
+    [
+        ("ave", "valSet.txt", "",
+         "the val split is empty: no Category&VideoID&Quality&StartTime&EndTime rows"),
+        ("ave", "trainSet.txt", HEADER,
+         "the train split is empty: no Category&VideoID&Quality&StartTime&EndTime rows"),
+        ("llp", "AVVP_val_pd.csv", "filename\tevent_labels\n", "the val split is empty: no rows under the header"),
+        ("s4", "Single-source/s4_meta_data.csv", "name,start,category,split\nvA,0,dog,train\nvB,1,cat,test\n",
+         "the val split is empty: no row has split 'val'"),
+        ("ms3", "Multi-sources/ms3_meta_data.csv", "video_id,split\nvN,train\nvM,val\n",
+         "the test split is empty: no row has split 'test'"),
+    ],
+)  # fmt: skip
+def test_an_empty_split_is_one_error_naming_its_file(
+    tmp_path: Path, tree: str, file: str, text: str, message: str
+) -> None:
+    make, load = TREES[tree]
+    make(tmp_path)
+    (tmp_path / file).write_text(text)
+    with pytest.raises(DataError) as err:
+        load(tmp_path)
+    assert str(err.value) == f"{tmp_path / file}: {message}"
