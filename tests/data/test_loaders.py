@@ -13,11 +13,11 @@ from PIL import Image
 from bench.cli import main
 from bench.data.ave import load_ave
 from bench.data.avsbench import load_avsbench
+from bench.data.core import DataShape
 from bench.data.errors import LISTED, DataError, DataWarning, raise_all
 from bench.data.llp import load_llp
 from bench.data.media import load_array
 from bench.frontends import resample
-from bench.tasks.base import DataShape
 
 RATE = 800  # the prepared trees' audio rate; SHAPE's is half, so loaders resample
 SHAPE = DataShape(image_size=16, sample_rate=400)

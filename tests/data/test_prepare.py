@@ -19,8 +19,8 @@ from rich.console import Console
 from bench.cli import main
 from bench.data import prepare as prepare_module
 from bench.data.ave import load_ave
+from bench.data.core import DataShape
 from bench.data.prepare import prepare
-from bench.tasks.base import DataShape
 
 FPS, SR = 10, 16000
 REPO = Path(__file__).resolve().parents[2]
