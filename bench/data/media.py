@@ -109,9 +109,8 @@ class PreparedAVDataset(Dataset):
     def __init__(
         self, root: Path, names: list[str], targets: dict[str, torch.Tensor], shape: DataShape, segments: int, rate: int
     ) -> None:
-        self.root, self.names, self.targets, self.shape, self.segments, self.rate = (
-            root, names, targets, shape, segments, rate
-        )  # fmt: skip
+        self.root, self.names, self.targets = root, names, targets
+        self.shape, self.segments, self.rate = shape, segments, rate
         self.resample = resampler(rate, shape.sample_rate)  # filters built once, not per item
 
     def __len__(self) -> int:
