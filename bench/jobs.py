@@ -13,12 +13,12 @@ import torch
 from rich.progress import Progress
 
 from bench.config import ConfigError, ResolvedRun
+from bench.data.core import DataShape
 from bench.device import resolve_device
 from bench.gate import Gate
 from bench.presets import Preset, get_preset
 from bench.registry import get_method, get_task
 from bench.results import Kind, RunRecord, Status, environment, run_key
-from bench.tasks.base import DataShape
 from bench.train import NonFiniteLoss, train_run
 
 

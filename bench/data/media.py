@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from bench.data.errors import DataError
+from bench.data.checks import check_array, check_npy
+from bench.data.core import Batch, DataShape
+from bench.data.errors import DataError, raise_all
 from bench.frontends import resampler
-from bench.tasks.base import Batch, DataShape
 
 MEDIA_INFO = "media.json"
 
@@ -62,17 +63,16 @@ def media_rate(root: Path) -> int:
 
 
 def load_array(path: Path, shape: tuple[int | None, ...], dtype: type) -> np.ndarray:
-    """Load a .npy whose shape matches `shape` (None: any size), else DataError."""
+    """Load a .npy of exactly `dtype` whose shape matches `shape` (None: any size), else
+    DataError (see bench.data.checks.check_array)."""
     if not path.is_file():
         raise DataError(path, "missing prepared media file (run `bench data prepare`)")
     try:
         x = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise DataError(path, f"unreadable .npy ({e})") from e
-    if x.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, x.shape, strict=True)):
-        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
-        raise DataError(path, f"expected an array of shape {want}, got {list(x.shape)}")
-    return x.astype(dtype, copy=False)
+    check_array(path, x.shape, x.dtype, shape, dtype)
+    return x
 
 
 def media_name(root: Path, names: tuple[str, ...]) -> str:
@@ -88,24 +88,30 @@ def media_name(root: Path, names: tuple[str, ...]) -> str:
     raise DataError(missing[0], f"missing prepared media file{also} (run `bench data prepare`)")
 
 
+def clip_errors(root: Path, name: str, segments: int, rate: int) -> list[DataError]:
+    """What is wrong with a clip's prepared frames and audio, read from their headers."""
+    errors = []
+    for path, shape, dtype in (
+        (root / "frames" / f"{name}.npy", (segments, None, None, 3), np.uint8),
+        (root / "audio" / f"{name}.npy", (segments, rate), np.int16),
+    ):
+        try:
+            check_npy(path, shape, dtype)
+        except DataError as e:
+            errors.append(e)
+    return errors
+
+
 class PreparedAVDataset(Dataset):
-    """Videos read lazily from the prepared layout; targets held as tensors [N, ...].
-    Items have the keys of the synthetic TensorAVDataset items. `aliases` gives the
-    other names a video's media may be stored under (tried after the video's own)."""
+    """Videos read lazily from the prepared layout, under their media `names`; targets held
+    as tensors [N, ...]. Items have the keys of the synthetic TensorAVDataset items."""
 
     def __init__(
-        self,
-        root: Path,
-        videos: list[str],
-        targets: dict[str, torch.Tensor],
-        shape: DataShape,
-        segments: int,
-        aliases: Callable[[str], tuple[str, ...]] = lambda video: (),
+        self, root: Path, names: list[str], targets: dict[str, torch.Tensor], shape: DataShape, segments: int, rate: int
     ) -> None:
-        self.root, self.targets, self.shape, self.segments = root, targets, shape, segments
-        self.rate = media_rate(root)
-        self.resample = resampler(self.rate, shape.sample_rate)  # filters built once, not per item
-        self.names = [media_name(root, (v, *aliases(v))) for v in videos]  # fail early, naming the missing files
+        self.root, self.names, self.targets = root, names, targets
+        self.shape, self.segments, self.rate = shape, segments, rate
+        self.resample = resampler(rate, shape.sample_rate)  # filters built once, not per item
 
     def __len__(self) -> int:
         return len(self.names)
@@ -119,6 +125,37 @@ class PreparedAVDataset(Dataset):
             "visual": visual_tensor(frames, self.shape.image_size),
             **{k: x[i] for k, x in self.targets.items()},
         }
+
+
+Split = tuple[list[str], dict[str, torch.Tensor]]  # the videos listed and their targets [N, ...]
+
+
+def prepared_splits(
+    root: Path,
+    splits: dict[str, Split],
+    shape: DataShape,
+    segments: int,
+    aliases: Callable[[str], tuple[str, ...]] = lambda video: (),
+) -> dict[str, Dataset]:
+    """A PreparedAVDataset per split, built once the media of every listed video of every
+    split is found and its headers checked (shape, dtype, size); else one DataError naming
+    every bad file. `aliases` gives the other names a video's media may be stored under
+    (tried after the video's own)."""
+    rate = media_rate(root)
+    names: dict[str, str] = {}  # video -> the name its media is stored under
+    errors: list[DataError] = []
+    for video in dict.fromkeys(v for videos, _ in splits.values() for v in videos):
+        try:
+            names[video] = media_name(root, (video, *aliases(video)))
+        except DataError as e:
+            errors.append(e)
+    for name in dict.fromkeys(names.values()):
+        errors += clip_errors(root, name, segments, rate)
+    raise_all(root, errors)
+    return {
+        split: PreparedAVDataset(root, [names[v] for v in videos], targets, shape, segments, rate)
+        for split, (videos, targets) in splits.items()
+    }
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:

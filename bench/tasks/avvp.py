@@ -15,18 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from bench.data.llp import NUM_CLASSES, load_llp
 from bench.data.synthetic import render_audio, render_visual
 from bench.metrics.avvp import METRIC_KEYS, avvp_scores
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
-
-LLP_CLASSES = (
-    "Speech", "Car", "Cheering", "Dog", "Cat", "Frying_(food)", "Basketball_bounce", "Fire_alarm", "Chainsaw",
-    "Cello", "Banjo", "Singing", "Chicken_rooster", "Violin_fiddle", "Vacuum_cleaner", "Baby_laughter", "Accordion",
-    "Lawn_mower", "Motorcycle", "Helicopter", "Acoustic_guitar", "Telephone_bell_ringing", "Baby_cry_infant_cry",
-    "Blender", "Clapping",
-)  # fmt: skip
-NUM_CLASSES = len(LLP_CLASSES)
 
 
 @dataclass
@@ -160,8 +153,6 @@ class AvvpTask(Task):
         }
 
     def real(self, cfg: AvvpConfig, root: Path, shape: DataShape) -> dict[str, Dataset]:
-        from bench.data.llp import load_llp
-
         return load_llp(root, shape)
 
     def head(self, cfg: AvvpConfig, encoder: AdaptedEncoder) -> nn.Module:

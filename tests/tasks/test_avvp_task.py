@@ -3,8 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bench.data.llp import LLP_CLASSES
 from bench.registry import get_task
-from bench.tasks.avvp import LLP_CLASSES, AvvpConfig
+from bench.tasks.avvp import AvvpConfig
 from bench.tasks.base import DataShape, TaskModel
 
 SMALL = dict(num_train=6, num_val=4, num_test=5)
