@@ -14,6 +14,7 @@ from rich.progress import Progress
 
 from bench.config import ConfigError, ResolvedRun
 from bench.data.core import DataShape
+from bench.data.errors import DataError
 from bench.device import resolve_device
 from bench.gate import Gate
 from bench.presets import Preset, get_preset
@@ -103,7 +104,8 @@ def run_one(
     on_step: Callable[[int, int], None],
     gate: Gate | None = None,
 ) -> RunRecord:
-    """The run's record, whatever happened (a usage error is raised instead)."""
+    """The run's record, whatever happened (a usage error or a bad dataset, which would fail
+    every run alike, is raised instead)."""
     run = job.run
     start = time.perf_counter()
     status, error, metrics, efficiency, extra = Status.OK, None, {}, {}, {}
@@ -117,7 +119,7 @@ def run_one(
             "weights": outcome.towers,
             "budget": outcome.budget,
         }
-    except ConfigError:
+    except (ConfigError, DataError):
         raise
     except NonFiniteLoss as err:
         status, error = Status.NAN, str(err)

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from bench.config import ConfigError
+from bench.data.errors import DataError
 from bench.device import threads_per_worker
 from bench.gate import ProcessGate
 from bench.jobs import Context, DataCache, Display, Job, data_key, job_record, run_one
@@ -135,7 +136,7 @@ def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, thre
         gate.enter()
         try:
             record = run_one(job, preset, cache, context, lambda done, total: conn.send(("step", done, total)), gate)
-        except ConfigError as err:
+        except (ConfigError, DataError) as err:
             conn.send(("usage", str(err)))
             return
         finally:
