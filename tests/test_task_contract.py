@@ -153,7 +153,7 @@ def test_the_score_of_a_split_has_exactly_the_metric_keys_each_a_finite_percenta
     preds = predict(case, split)
     assert all(v.shape[0] == split_size(case, split) for v in preds.values())
     scores = case.task.score(case.cfg, preds)
-    assert sorted(scores) == sorted(case.task.metric_keys)
+    assert sorted(scores) == sorted(case.task.metric_keys) and case.task.selection_metric in scores
     low, high = PERCENT
     for key, value in scores.items():
         assert isinstance(value, float) and math.isfinite(value) and low <= value <= high, (key, value)
