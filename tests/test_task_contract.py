@@ -20,9 +20,10 @@ from bench.config import build_section, parse_overrides
 from bench.plan import RunPlan, all_sections, resolve
 from bench.presets import get_preset
 from bench.registry import get_task, task_names
-from bench.tasks.base import SPLITS, Task, TaskModel, TensorAVDataset
+from bench.tasks.base import Task, TaskModel, TensorAVDataset
 
 PRESET = get_preset("smoke")
+SPLITS = ("train", "val", "test")  # every task provides these three
 SMALL = {"num_train": 3, "num_val": 4, "num_test": 2}  # videos per split: seconds for every task
 EVAL_BATCH = 2  # the val and test splits are scored over several batches, as the runner does
 PERCENT = (0.0, 100.0)  # the range of every metric a registered task reports
