@@ -9,6 +9,7 @@ import pandas as pd
 
 from bench.registry import get_task
 from bench.report.formats import markdown, write_csv
+from bench.report.records import latest_per_key
 from bench.results import atomic_write_text
 
 
@@ -19,9 +20,9 @@ def candidate_selection(records: list[dict[str, Any]]) -> pd.DataFrame:
     val mean (1 = best; ties share the average rank), the mean of those ranks and whether it
     is chosen: the lowest mean rank, the first listed on a tie. The rule was fixed before any
     test number was read, and reads none. A candidate missing a task (a failed run) cannot be
-    chosen."""
+    chosen. A repeated run counts once (its latest record)."""
     rows = []
-    for r in records:
+    for r in latest_per_key(records):
         candidate = (r.get("tags") or {}).get("candidate")
         if candidate is None or r.get("status") != "ok":
             continue

@@ -11,7 +11,8 @@ import pandas as pd
 from bench.registry import get_task
 from bench.report.figures import pareto_front
 from bench.report.formats import MIB, save_figure, write_csv, write_markdown_and_latex
-from bench.report.tables import EFFICIENCY_COLUMNS
+from bench.report.records import latest_per_key
+from bench.report.tables import EFFICIENCY_COLUMNS, mean_std
 
 
 def config_value(record: dict[str, Any], dotted: str) -> Any:
@@ -23,14 +24,14 @@ def config_value(record: dict[str, Any], dotted: str) -> Any:
 
 
 def study_summary(records: list[dict[str, Any]], study: str) -> tuple[pd.DataFrame, list[str]]:
-    """One row per swept point of `study`: metric and efficiency means over seeds (the last
-    record per run key, so a retried trial is not counted twice), or the failure status."""
-    mine = {r["key"]: r for r in records if r.get("tags", {}).get("study") == study}
+    """One row per swept point of `study`: metric and efficiency means over distinct seeds (the
+    last record per run key, so a retried trial is not counted twice), or the failure status."""
+    mine = latest_per_key([r for r in records if (r.get("tags") or {}).get("study") == study])
     if not mine:
         return pd.DataFrame(), []
-    keys = next(iter(mine.values()))["tags"]["swept"].split(",")
+    keys = mine[0]["tags"]["swept"].split(",")
     rows = []
-    for r in mine.values():
+    for r in mine:
         row: dict[str, Any] = {k: config_value(r, k) for k in keys}
         row.update(task=r["task"], seed=r["seed"], status=r["status"])
         row.update({f"metric.{k}": v for k, v in r.get("metrics", {}).items() if isinstance(v, int | float)})
@@ -40,7 +41,7 @@ def study_summary(records: list[dict[str, Any]], study: str) -> tuple[pd.DataFra
     ok = df[df["status"] == "ok"]
     numeric = ok.drop(columns=["task", "status"]).groupby(keys, sort=True)
     out = numeric.mean().drop(columns="seed").join(numeric.std(ddof=0).drop(columns="seed").add_suffix(".std"))
-    out = out.join(numeric.size().rename("seeds"))
+    out = out.join(numeric["seed"].nunique().rename("seeds"))
     failed = df[~df.set_index(keys).index.isin(out.index)].drop_duplicates(keys).set_index(keys)["status"]
     out = pd.concat([out, failed.to_frame()]).sort_index().reset_index()
     out.attrs["task"] = df["task"].iloc[0]
@@ -55,7 +56,7 @@ def ablation_table(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for _, r in summary.iterrows():
         row: dict[str, Any] = {k.split(".", 1)[1]: r[k] for k in keys}
         if col in r and pd.notna(r[col]):
-            row[metric] = f"{r[col]:.2f} ± {r.get(col + '.std', 0.0):.2f}"
+            row[metric] = mean_std(r[col], r.get(col + ".std", 0.0), int(r["seeds"]))
             row["seeds"] = int(r["seeds"])
         else:
             row[metric], row["seeds"] = r.get("status", "failed"), 0
