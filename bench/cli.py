@@ -330,6 +330,7 @@ def print_table(table, console: Console) -> None:
 
 SUMMARY_COLUMNS = {  # display-table column -> console header: what fits an 80-column terminal
     "method": "method",
+    "config": "config",
     "value": "mean ± std",
     "train mem est. (MiB)": "mem MiB",
     "CUDA peak (MiB)": "CUDA MiB",
@@ -372,12 +373,13 @@ def print_summary(table, console: Console) -> None:
 
 
 def _load_records(out: Path, console: Console) -> list[dict]:
+    from bench.report import load_usable
     from bench.results import ResultsStore
 
     store = ResultsStore(out)
     if not store.path.exists():
         raise UsageError(f"{store.path} does not exist; run `python -m bench run --out {out}` first")
-    report = store.load()
+    report = load_usable(store)
     for line, why in report.bad_lines:
         console.print(f"[yellow]warning:[/] {store.path} line {line}: {why}; ignored")
     return report.records

@@ -1,9 +1,25 @@
+import json
+
 import pytest
 
-from bench.report import candidate_selection, markdown, paper_table, pareto_front, summarize, write_tables
+from bench.cli import main
+from bench.report import (
+    candidate_selection,
+    markdown,
+    paper_table,
+    pareto_front,
+    study_summary,
+    summarize,
+    usable_records,
+    write_figures,
+    write_tables,
+)
+from bench.report.tables import row_labels
+
+DEFAULTS = {"train": {"head_lr": 0.001, "lr": 0.001}}
 
 
-def _record(method: str, seed: int, acc: float, mem: float, step: float) -> dict:
+def _record(method: str, seed: int, acc: float, mem: float, step: float, config: dict = DEFAULTS) -> dict:
     return {
         "method": method,
         "task": "ave",
@@ -11,6 +27,7 @@ def _record(method: str, seed: int, acc: float, mem: float, step: float) -> dict
         "source": "synthetic",
         "seed": seed,
         "status": "ok",
+        "config": config,
         "metrics": {"accuracy": acc},
         "efficiency": {"train_mem_bytes_est": mem, "train_step_s": step, "activation_bytes": mem / 2},
     }
@@ -21,7 +38,15 @@ RECORDS = [
     _record("lavish", 1, 62.0, 400.0, 0.6),
     _record("mettle", 0, 70.0, 100.0, 0.1),
     _record("mettle", 1, 74.0, 100.0, 0.1),
-    {"method": "full", "task": "ave", "preset": "smoke", "source": "synthetic", "seed": 0, "status": "oom"},
+    {
+        "method": "full",
+        "task": "ave",
+        "preset": "smoke",
+        "source": "synthetic",
+        "seed": 0,
+        "status": "oom",
+        "config": {},
+    },
 ]
 
 
@@ -99,7 +124,8 @@ def test_candidates_are_chosen_by_mean_val_rank_over_tasks_never_by_test(tmp_pat
 
     def run(candidate: str, task: str, seed: int, val: float, test: float) -> dict:
         metric = "accuracy" if task == "ave" else "seg_type_av"
-        r = _record("mettle", seed, test, 100.0, 0.1) | {"task": task, "tags": {"candidate": candidate}}
+        config = {"train": {"lr": candidate}}  # each candidate is a config of its own, as a plan makes it
+        r = _record("mettle", seed, test, 100.0, 0.1, config) | {"task": task, "tags": {"candidate": candidate}}
         r["metrics"] = {metric: test, f"val_{metric}": val}
         return r
 
@@ -129,3 +155,121 @@ def test_candidates_are_chosen_by_mean_val_rank_over_tasks_never_by_test(tmp_pat
     assert "| mettle | C | 65.00 / 15.00 (#2) | 40.00 / 15.00 (#1.5) | 1.75 | **yes** |" in md
     assert "| mettle | D | 99.00 / 5.00 | failed |  |  |" in md
     assert "chosen on val" in (tmp_path / "tables" / "results.md").read_text()
+
+
+def test_a_row_is_one_method_at_one_config_labelled_by_what_differs(tmp_path):
+    """The issue's repro: frozen run with --set train.head_lr=1e-1, then without. Two configs of
+    one seed each are two rows, not one row of two "seeds" (6.25 ± 6.25); one seed prints its
+    value alone."""
+    tuned = _record("frozen", 0, 0.0, 100.0, 0.1, {"train": {"head_lr": 0.1, "lr": 0.001}})
+    default = _record("frozen", 0, 12.5, 100.0, 0.1)
+    table = write_tables([tuned, default, RECORDS[0], RECORDS[1]], tmp_path)
+    assert list(zip(table["method"], table["config"], table["seeds"], table["value"], strict=True)) == [
+        ("frozen", "train.head_lr=0.1", 1, "0.00"),
+        ("frozen", "train.head_lr=0.001", 1, "12.50"),
+        ("lavish", "", 2, "61.00 ± 1.00"),
+    ]
+    assert list(table["mem / ref"]) == [0.25, 0.25, 1.0]
+    md = (tmp_path / "tables" / "results.md").read_text()
+    assert "| ave | frozen | train.head_lr=0.001 | 1 | accuracy | 12.50 |" in md
+    assert "config" in (tmp_path / "tables" / "results.csv").read_text().splitlines()[0]
+    assert "config" not in write_tables(RECORDS, tmp_path)  # one config per method: no column
+
+
+def test_a_method_section_is_labelled_by_the_method_name():
+    configs = [{"method": {"num_tokens": n}, "train": {"lr": 0.001}} for n in (8, 16)]
+    records = [_record("mettle", 0, 70.0, 100.0, 0.1, c) for c in configs]
+    assert list(summarize(records)["config"]) == ["mettle.num_tokens=8", "mettle.num_tokens=16"]
+
+
+def test_a_repeated_run_counts_once_its_latest_record():
+    """The same key (given, or hashed from what identifies the run when absent) is one run: two
+    identical records count once, and a --force rerun replaces the earlier result."""
+    first, second = _record("mettle", 0, 70.0, 100.0, 0.1), _record("mettle", 1, 74.0, 100.0, 0.1)
+    s = summarize([first, dict(first), second]).iloc[0]
+    assert s["seeds"] == 2 and s["metric.accuracy"] == pytest.approx(72.0)
+    assert s["metric.accuracy.std"] == pytest.approx(2.0)
+    rerun = first | {"metrics": {"accuracy": 80.0}}
+    assert summarize([first, second, rerun]).iloc[0]["metric.accuracy"] == pytest.approx(77.0)
+    keyed = [r | {"key": "k0"} for r in (first, rerun)]  # a stored key is used as it is
+    s = summarize(keyed).iloc[0]
+    assert s["seeds"] == 1 and s["metric.accuracy"] == pytest.approx(80.0)
+
+
+def test_figures_label_each_config_of_a_method():
+    tuned = _record("frozen", 0, 0.0, 100.0, 0.1, {"train": {"head_lr": 0.1, "lr": 0.001}})
+    summary = summarize([tuned, _record("frozen", 0, 12.5, 100.0, 0.1), RECORDS[0]])
+    assert row_labels(summary) == ["frozen train.head_lr=0.1", "frozen train.head_lr=0.001", "lavish"]
+    assert row_labels(summarize(RECORDS)) == ["lavish", "mettle"]
+
+
+def test_figures_are_written_for_two_configs_of_a_method(tmp_path):
+    tuned = _record("frozen", 0, 0.0, 100.0, 0.1, {"train": {"head_lr": 0.1, "lr": 0.001}})
+    paths = write_figures([tuned, _record("frozen", 0, 12.5, 100.0, 0.1)], tmp_path)
+    assert [p.name for p in paths] == ["results_memory_vs_metric.png", "results_memory_time_bars.png"]
+
+
+def test_a_study_counts_distinct_seeds():
+    """Two records of one swept point and one seed (different keys) are one seed."""
+
+    def trial(key: str, acc: float) -> dict:
+        r = _record("mettle", 0, acc, 100.0, 0.1, {"method": {"pool": "mean"}, "train": {"lr": key}})
+        return r | {"key": key, "tags": {"study": "pool", "swept": "mettle.pool"}}
+
+    summary, keys = study_summary([trial("a", 70.0), trial("b", 72.0)], "pool")
+    assert keys == ["mettle.pool"] and list(summary["seeds"]) == [1]
+
+
+def test_usable_records_drop_what_the_tables_cannot_read_saying_why():
+    ok = RECORDS[0]
+    records = [
+        ok,
+        {k: v for k, v in ok.items() if k != "metrics"},
+        ok | {"seed": "zero"},
+        ok | {"task": "nope"},
+        {k: v for k, v in ok.items() if k != "method"},
+        RECORDS[-1],  # a failed run has no metrics to read: kept
+    ]
+    kept, dropped = usable_records(records)
+    assert kept == [ok, RECORDS[-1]]
+    assert [i for i, _ in dropped] == [1, 2, 3, 4]
+    assert dropped[0][1] == "a finished run's record lacks 'metrics' (expected a JSON object)"
+    assert dropped[1][1] == "'seed' is 'zero', expected an integer"
+    assert dropped[2][1].startswith("'task' is 'nope', not a task of this harness")
+    assert dropped[3][1] == "the record lacks 'method' (expected a string)"
+
+
+def test_table_and_plot_skip_a_record_lacking_fields_with_one_warning(tmp_path, capsys):
+    """A valid JSON line without the fields the tables read is skipped and named by its line,
+    as a torn line is; the tables come from the other records."""
+    broken = {k: v for k, v in RECORDS[2].items() if k != "metrics"}
+    lines = [
+        json.dumps(RECORDS[0]),
+        "{not json",
+        "",
+        json.dumps(broken),
+        json.dumps(RECORDS[1]),
+        json.dumps(RECORDS[3]),
+    ]
+    (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
+    for command in ("table", "plot"):
+        assert main([command, "--out", str(tmp_path)]) == 0
+        err = " ".join(capsys.readouterr().err.split())
+        assert f"{tmp_path / 'runs.jsonl'} line 4: a finished run's record lacks 'metrics'" in err
+        assert err.count("warning:") == 2 and "line 2: not a JSON record" in err
+    md = (tmp_path / "tables" / "results.md").read_text()
+    assert (
+        "| ave | lavish | 2 | accuracy | 61.00 ± 1.00 |" in md and "| ave | mettle | 1 | accuracy | **74.00** |" in md
+    )
+
+
+def test_a_rerun_candidate_is_chosen_on_its_latest_record():
+    """A --force rerun of candidate A (val 65) replaces its first record (val 50): A beats B
+    (val 60), where averaging both of A's records (57.5) would choose B."""
+
+    def run(candidate: str, val: float) -> dict:
+        r = _record("mettle", 0, 10.0, 100.0, 0.1, {"train": {"lr": candidate}}) | {"tags": {"candidate": candidate}}
+        return r | {"metrics": {"accuracy": 10.0, "val_accuracy": val}}
+
+    selection = candidate_selection([run("A", 50.0), run("B", 60.0), run("A", 65.0)]).set_index("candidate")
+    assert list(selection["chosen"]) == [True, False] and selection.loc["A", "ave.val"] == 65.0
