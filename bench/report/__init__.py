@@ -7,7 +7,7 @@ matplotlib.use("Agg")  # figures go to files: no display is needed or opened
 
 from bench.report.figures import pareto_front, write_figures  # noqa: E402
 from bench.report.formats import markdown  # noqa: E402
-from bench.report.records import load_usable, usable_records  # noqa: E402
+from bench.report.records import load_usable, unknown_task  # noqa: E402
 from bench.report.selection import candidate_selection, select_candidates  # noqa: E402
 from bench.report.studies import study_summary, write_study_figures, write_study_tables  # noqa: E402
 from bench.report.tables import frame, paper_table, summarize, write_tables  # noqa: E402
@@ -22,7 +22,7 @@ __all__ = [
     "select_candidates",
     "study_summary",
     "summarize",
-    "usable_records",
+    "unknown_task",
     "write_figures",
     "write_study_figures",
     "write_study_tables",

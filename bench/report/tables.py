@@ -30,7 +30,7 @@ EFFICIENCY_COLUMNS = {
 def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """One row per finished run (the latest record of each run key, of the chosen candidates):
     identity columns, the config (canonical JSON), metrics and efficiency flattened. Records
-    must hold what `usable_records` checks."""
+    must hold what `ResultsStore.load` checks."""
     rows = []
     for r in select_candidates(latest_per_key(records)):
         if r["status"] != "ok":

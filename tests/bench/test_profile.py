@@ -107,8 +107,8 @@ def test_a_killed_point_keeps_its_memory_figures_and_the_profile_goes_on():
     spec = ProfileSpec(methods=["full"], preset="smoke", device="cpu")
     record = isolated_point(
         Point(spec, "full", 1, 10, "cmd", [], {"sha": "abc", "dirty": False}), worker=_dies_after_the_memory_pass
-    )
-    assert record["status"] == "killed" and record["method"] == "full"
+    ).to_dict()
+    assert record["status"] == "killed" and record["method"] == "full" and record["kind"] == "profile"
     assert "SIGKILL" in record["error"] and "after the memory pass" in record["error"]
     assert record["efficiency"] == {"activation_bytes": 1234, "train_mem_bytes_est": 5678}
     row = profile_frame([record]).iloc[0]

@@ -5,16 +5,17 @@ import pytest
 from bench.cli import main
 from bench.report import (
     candidate_selection,
+    load_usable,
     markdown,
     paper_table,
     pareto_front,
     study_summary,
     summarize,
-    usable_records,
     write_figures,
     write_tables,
 )
 from bench.report.tables import row_labels
+from bench.results import ResultsStore
 
 DEFAULTS = {"train": {"head_lr": 0.001, "lr": 0.001}}
 
@@ -220,7 +221,7 @@ def test_a_study_counts_distinct_seeds():
     assert keys == ["mettle.pool"] and list(summary["seeds"]) == [1]
 
 
-def test_usable_records_drop_what_the_tables_cannot_read_saying_why():
+def test_records_the_tables_cannot_read_are_bad_lines_saying_why(tmp_path):
     ok = RECORDS[0]
     records = [
         ok,
@@ -228,15 +229,19 @@ def test_usable_records_drop_what_the_tables_cannot_read_saying_why():
         ok | {"seed": "zero"},
         ok | {"task": "nope"},
         {k: v for k, v in ok.items() if k != "method"},
-        RECORDS[-1],  # a failed run has no metrics to read: kept
+        ok | {"config": {"train": 3}},
+        {k: v for k, v in RECORDS[-1].items() if k not in ("metrics", "efficiency")},  # failed: nothing to read
     ]
-    kept, dropped = usable_records(records)
-    assert kept == [ok, RECORDS[-1]]
-    assert [i for i, _ in dropped] == [1, 2, 3, 4]
-    assert dropped[0][1] == "a finished run's record lacks 'metrics' (expected a JSON object)"
-    assert dropped[1][1] == "'seed' is 'zero', expected an integer"
-    assert dropped[2][1].startswith("'task' is 'nope', not a task of this harness")
-    assert dropped[3][1] == "the record lacks 'method' (expected a string)"
+    (tmp_path / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report = load_usable(ResultsStore(tmp_path))
+    assert report.records == [records[0], records[-1]]
+    assert [line for line, _ in report.bad_lines] == [2, 3, 4, 5, 6]
+    why = [w for _, w in report.bad_lines]
+    assert why[0] == "not a run record: lacks metrics"
+    assert why[1] == "'seed' is 'zero', expected an integer"
+    assert why[2].startswith("'task' is 'nope', not a task of this harness")
+    assert why[3] == "not a run record: lacks method"
+    assert why[4] == "'config' section 'train' is 3, expected a JSON object"
 
 
 def test_table_and_plot_skip_a_record_lacking_fields_with_one_warning(tmp_path, capsys):
@@ -255,7 +260,7 @@ def test_table_and_plot_skip_a_record_lacking_fields_with_one_warning(tmp_path, 
     for command in ("table", "plot"):
         assert main([command, "--out", str(tmp_path)]) == 0
         err = " ".join(capsys.readouterr().err.split())
-        assert f"{tmp_path / 'runs.jsonl'} line 4: a finished run's record lacks 'metrics'" in err
+        assert f"{tmp_path / 'runs.jsonl'} line 4: not a run record: lacks metrics" in err
         assert err.count("warning:") == 2 and "line 2: not a JSON record" in err
     md = (tmp_path / "tables" / "results.md").read_text()
     assert (
