@@ -1,0 +1,67 @@
+"""Command line: `python -m bench run|sweep|table|plot|list|profile|check-budgets|data|pretrain`.
+
+Exit codes: 0 success, 2 bad usage (unknown name, bad key or value), 1 failure, 130
+interrupted (Ctrl-C). Each subcommand is a `Command` in a module of its own; this module
+builds the parser from them and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import warnings
+
+from rich.console import Console
+
+from bench.cli import check_budgets, data, listing, pretrain, profile, results, run, sweep
+from bench.cli.args import DEFAULT_OUT, UsageError, check_folders
+from bench.cli.command import Command
+from bench.cli.console import console_warnings, print_profile
+from bench.cli.sweep import sweep_spec
+from bench.config import ConfigError
+from mettle_core.interface import UnknownNameError
+
+__all__ = ["DEFAULT_OUT", "build_parser", "main", "print_profile", "sweep_spec"]  # what callers and tests import
+
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        run.COMMAND,
+        sweep.COMMAND,
+        results.TABLE,
+        results.PLOT,
+        data.COMMAND,
+        pretrain.COMMAND,
+        listing.COMMAND,
+        profile.COMMAND,
+        check_budgets.COMMAND,
+    )
+}  # in the order `--help` lists them
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS.values():
+        command.add_arguments(sub.add_parser(command.name, help=command.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    args.argv = list(argv)  # `sweep --workers N` reruns itself
+    args.command_line = shlex.join(["python", "-m", "bench", *argv])
+    console = Console(stderr=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = console_warnings(console, warnings.showwarning)
+            check_folders(args)
+            return COMMANDS[args.command].execute(args, console)
+    except (UsageError, ConfigError, UnknownNameError) as err:
+        console.print(f"[red]error:[/] {err}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[red]interrupted[/]: finished runs are kept; rerun the same command to resume")
+        return 130
