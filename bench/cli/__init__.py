@@ -50,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # argparse has printed the usage error (2) or the help (0)
+        return int(exit.code or 0)
     args.argv = list(argv)  # `sweep --workers N` reruns itself
     args.command_line = shlex.join(["python", "-m", "bench", *argv])
     console = Console(stderr=True)

@@ -7,15 +7,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.cli.args import PRESET_HELP
+from bench.cli.args import PRESET_HELP, preset_name, seed
 from bench.cli.command import Command
 from bench.presets import get_preset
 from bench.weights import WEIGHTS_DIR
 
 
 def add_arguments(pre: argparse.ArgumentParser) -> None:
-    pre.add_argument("--preset", default="tiny", help=PRESET_HELP)
-    pre.add_argument("--seed", type=int, default=0)
+    pre.add_argument("--preset", type=preset_name, default="tiny", help=PRESET_HELP)
+    pre.add_argument("--seed", type=seed, default=0)
     pre.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="folder for the weights, heads and card")
 
 

@@ -7,15 +7,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.cli.args import DEFAULT_OUT, DEVICES, PRESET_HELP, UsageError, csv, require_positive
+from bench.cli.args import DEFAULT_OUT, DEVICES, PRESET_HELP, UsageError, csv, preset_name, require_positive
 from bench.cli.command import Command
 from bench.cli.console import print_profile
-from bench.presets import get_preset
 
 
 def add_arguments(prof: argparse.ArgumentParser) -> None:
     prof.add_argument("--methods", type=csv, default=None, help="comma-separated method names (default: all)")
-    prof.add_argument("--preset", default="tiny", help=PRESET_HELP)
+    prof.add_argument("--preset", type=preset_name, default="tiny", help=PRESET_HELP)
     prof.add_argument("--task", default="ave", help="task whose head and data shape the step")
     prof.add_argument("--batch-size", type=int, default=1)
     prof.add_argument("--segments", type=int, default=10, help="T, segments per video")
@@ -43,7 +42,6 @@ def execute(args: argparse.Namespace, console: Console) -> int:
     )
     from bench.registry import METHODS, get_method, get_task
 
-    get_preset(args.preset)
     require_positive(args, "batch_size", "segments", "repeats")
     if args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")

@@ -7,10 +7,19 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.cli.args import DEFAULT_OUT, DEVICES, PRESET_HELP, UsageError, csv, run_workers, seeds
+from bench.cli.args import (
+    DEFAULT_OUT,
+    DEVICES,
+    PRESET_HELP,
+    UsageError,
+    check_seeds,
+    csv,
+    preset_name,
+    run_workers,
+    seeds,
+)
 from bench.cli.command import Command
 from bench.cli.console import print_summary
-from bench.presets import get_preset
 
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
@@ -19,7 +28,7 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--methods", type=csv, default=None, help="comma-separated method names (default: mettle,lavish)")
     run.add_argument("--tasks", type=csv, default=None, help="comma-separated task names (default: all)")
-    run.add_argument("--preset", default=None, help=PRESET_HELP + " (default: tiny)")
+    run.add_argument("--preset", type=preset_name, default=None, help=PRESET_HELP + " (default: tiny)")
     run.add_argument("--seeds", type=seeds, default=None, help="comma-separated seeds (default: 0)")
     run.add_argument("--device", default="auto", choices=DEVICES)
     run.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -76,16 +85,14 @@ def execute(args: argparse.Namespace, console: Console) -> int:
     from bench.runner import execute as execute_plan
 
     file = load_plan(args.plan) if args.plan else PlanFile(Path())
-    preset = args.preset or file.preset or "tiny"
-    get_preset(preset)
     tasks = args.tasks or file.tasks or task_names()
     if args.tune and file.candidates:
         raise UsageError("--tune and a plan's [candidates] both give candidates: use one")
     plan = RunPlan(
         methods=args.methods or file.methods or ["mettle", "lavish"],
         tasks=tasks,
-        preset=preset,
-        seeds=args.seeds or file.seeds or [0],
+        preset=args.preset or file.preset or "tiny",  # a plan's preset is checked by resolve
+        seeds=args.seeds or check_seeds(file.seeds or [0], f"--plan {args.plan}"),
         device=args.device,
         source=data_sources(args.data, tasks),
         overrides=[*file.overrides, *args.overrides],

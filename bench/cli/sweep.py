@@ -7,18 +7,26 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.cli.args import DEFAULT_OUT, DEVICES, PRESET_HELP, UsageError, seeds
+from bench.cli.args import (
+    DEFAULT_OUT,
+    DEVICES,
+    PRESET_HELP,
+    UsageError,
+    check_seeds,
+    preset_name,
+    require_positive,
+    seeds,
+)
 from bench.cli.command import Command
 from bench.cli.console import print_table
 from bench.cli.results import load_records
-from bench.presets import get_preset
 
 
 def add_arguments(sweep: argparse.ArgumentParser) -> None:
     sweep.add_argument("--study-file", type=Path, default=None, help="a ready-made study, e.g. bench/studies/*.toml")
     sweep.add_argument("--method", default=None)
     sweep.add_argument("--task", default=None)
-    sweep.add_argument("--preset", default=None, help=PRESET_HELP + " (default: tiny)")
+    sweep.add_argument("--preset", type=preset_name, default=None, help=PRESET_HELP + " (default: tiny)")
     sweep.add_argument("--seeds", type=seeds, default=None, help="seeds per trial (default: 0)")
     sweep.add_argument(
         "--grid", action="append", default=[], metavar="KEY=V1,V2", help="swept values, e.g. mettle.num_tokens=1,2"
@@ -43,12 +51,15 @@ def sweep_spec(args: argparse.Namespace):
     """The study file gives defaults; flags given on the command line win (`--set` adds)."""
     from bench.sweep import SweepSpec, load_study_file, parse_grid, parse_objectives
 
+    require_positive(args, "workers", "heartbeat", "trials", "max_memory")
     data = load_study_file(args.study_file) if args.study_file else {}
     method, task = args.method or data.get("method"), args.task or data.get("task")
     if not method or not task:
         raise UsageError("sweep needs --method and --task (or --study-file)")
-    preset = args.preset or data.get("preset", "tiny")
-    get_preset(preset)
+    preset = args.preset or data.get("preset", "tiny")  # a study file's preset is checked by resolve
+    trials = args.trials or data.get("trials")
+    if trials is not None and not (type(trials) is int and trials > 0):
+        raise UsageError(f"--study-file {args.study_file}: trials must be an integer > 0, got {trials!r}")
     objectives = args.objectives or data.get("objectives")
     return SweepSpec(
         method=method,
@@ -56,8 +67,8 @@ def sweep_spec(args: argparse.Namespace):
         grid=parse_grid(args.grid) if args.grid else data.get("grid", {}),
         preset=preset,
         overrides=[*data.get("set", []), *args.overrides],
-        seeds=args.seeds or data.get("seeds", [0]),
-        trials=args.trials or data.get("trials"),
+        seeds=args.seeds or check_seeds(data.get("seeds", [0]), f"--study-file {args.study_file}"),
+        trials=trials,
         objectives=parse_objectives(objectives) if objectives else [],
         max_memory=args.max_memory,
         study=args.study or study_name(data, task, preset),
