@@ -1,16 +1,19 @@
 """Command line: `python -m bench run|sweep|table|plot|list|profile|check-budgets|data|pretrain`.
 
 Exit codes: 0 success, 2 bad usage (unknown name, bad key or value), 1 failure, 130
-interrupted (Ctrl-C). Each subcommand is a `Command` in a module of its own; this module
-builds the parser from them and dispatches.
+interrupted (Ctrl-C), 143 terminated (SIGTERM, stopped as Ctrl-C stops it). Each subcommand
+is a `Command` in a module of its own; this module builds the parser from them and dispatches.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from rich.console import Console
 
@@ -48,6 +51,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised wherever the command is: every cleanup that Ctrl-C runs runs for it too."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    def stop(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -58,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = shlex.join(["python", "-m", "bench", *argv])
     console = Console(stderr=True)
     try:
-        with warnings.catch_warnings():
+        with sigterm_as_interrupt(), warnings.catch_warnings():
             warnings.showwarning = console_warnings(console, warnings.showwarning)
             check_folders(args)
             return COMMANDS[args.command].execute(args, console)
     except (UsageError, ConfigError, UnknownNameError) as err:
         console.print(f"[red]error:[/] {err}")
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stopped:
         console.print("[red]interrupted[/]: finished runs are kept; rerun the same command to resume")
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(stopped, Terminated) else signal.SIGINT)
