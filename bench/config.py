@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -71,14 +72,22 @@ BASE_SECTIONS: dict[str, type] = {"train": TrainConfig, "measure": MeasureConfig
 
 def _positive(cfg: Any, *names: str) -> None:
     for name in names:
+        _finite(cfg, name)
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{type(cfg).__name__}.{name} must be > 0, got {getattr(cfg, name)!r}")
 
 
 def _non_negative(cfg: Any, *names: str) -> None:
     for name in names:
+        _finite(cfg, name)
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{type(cfg).__name__}.{name} must be >= 0, got {getattr(cfg, name)!r}")
+
+
+def _finite(cfg: Any, name: str) -> None:
+    """NaN passes every comparison above (`nan <= 0` is False), and inf every lower bound."""
+    if not math.isfinite(getattr(cfg, name)):
+        raise ConfigError(f"{type(cfg).__name__}.{name} must be finite, got {getattr(cfg, name)!r}")
 
 
 def _choices(cfg: Any) -> None:
@@ -117,9 +126,12 @@ def parse_value(text: str, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}={text!r} is not a boolean (expected true or false)")
     if hint in (int, float):
         try:
-            return hint(text)
+            value = hint(text)
         except ValueError:
             raise ConfigError(f"{key}={text!r} is not {'an integer' if hint is int else 'a number'}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={text!r} is not a finite number")
+        return value
     if hint is str:
         return text
     raise ConfigError(f"{key}: fields of type {hint} cannot be set from the command line")
@@ -168,6 +180,9 @@ def build_section(cls: type, section: str, defaults: dict[str, Any], overrides: 
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in defaults.items() if k in names}
+    for name, value in values.items():  # a preset's values reach here without parse_value
+        if not _is_finite(value):
+            raise ConfigError(f"{section}.{name}={value!r} is not a finite number")
     for o in overrides:
         if o.section == section:
             values[o.key] = parse_value(o.value, hints[o.key], o.dotted)
@@ -177,6 +192,12 @@ def build_section(cls: type, section: str, defaults: dict[str, Any], overrides: 
         raise
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{section}: {err}") from None
+
+
+def _is_finite(value: Any) -> bool:
+    """False for a NaN or infinite float, alone or in a tuple."""
+    items = value if isinstance(value, tuple) else (value,)
+    return not any(isinstance(v, float) and not math.isfinite(v) for v in items)
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
