@@ -131,7 +131,8 @@ def build_step(run: ResolvedRun, preset: Preset, device: torch.device) -> Step:
     task = get_task(run.task)
     batch = first_batch(task.synthetic(run.task_cfg, preset.shape)["train"], run, device)
     built = build_model(run, preset, task)
-    return Step.of_run(run, built.model.to(device), task, batch, towers=built.tower_records())
+    model = built.model.to(device).train()  # training mode, as a run steps (towers are built in eval mode)
+    return Step.of_run(run, model, task, batch, towers=built.tower_records())
 
 
 def profile_step(
