@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -14,11 +14,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from bench.build import build_model, param_groups
+from bench.build import build_model
 from bench.config import ResolvedRun
 from bench.device import is_main_process, resolve_device, shard, to_device
 from bench.gate import Gate
-from bench.measure import measure_efficiency
+from bench.measure import TrainingStep, autocast_for, inference_samples_per_s, measure_step, run_optimizer
 from bench.presets import Preset
 from bench.registry import get_task
 from bench.step_budget import step_budget
@@ -98,17 +98,13 @@ def train_run(
     # A method may leave some trainable parameters out of a step; DDP must not wait for their grads.
     trained = DistributedDataParallel(model, find_unused_parameters=True) if dist.is_initialized() else model
     cfg = run.train
-    amp = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if cfg.amp == "bf16" and device.type == "cuda"
-        else nullcontext
-    )
-    optimizer = torch.optim.AdamW(param_groups(model, run), weight_decay=cfg.weight_decay)
+    amp = autocast_for(cfg.amp, device)
+    optimizer = run_optimizer(model, run)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     gen = torch.Generator().manual_seed(run.seed)
     steps_per_epoch = math.ceil(len(datasets["train"]) / cfg.batch_size)
     first = partial(first_batch, datasets["train"], run, device)
-    budget = step_budget(run, preset, task, model, first, steps_per_epoch, amp)
+    budget = step_budget(run, preset, task, model, first, steps_per_epoch)
     best, best_state, best_epoch, history = -math.inf, None, -1, []
     step, epoch = 0, 0
     while step < budget.steps:
@@ -145,7 +141,7 @@ def train_run(
     efficiency = {}
     if measured:
         with gate.alone():
-            efficiency = measure_model(model, task, run, datasets["train"], device, amp)
+            efficiency = measure_model(model, task, run, datasets["train"], device)
     return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records(), budget.record())
 
 
@@ -163,26 +159,15 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def measure_model(model: TaskModel, task: Task, run: ResolvedRun, train_ds: Dataset, device: torch.device, amp):
-    batch = first_batch(train_ds, run, device)
-
-    def loss_fn() -> torch.Tensor:
-        with amp():
-            return task.loss(model(batch["audio"], batch["visual"]), batch)
-
-    def infer_fn() -> Any:
-        with amp():
-            return model(batch["audio"], batch["visual"])
-
-    return measure_efficiency(
-        model,
-        model.encoder,
-        loss_fn,
-        infer_fn,
-        lambda: torch.optim.AdamW(param_groups(model, run), weight_decay=run.train.weight_decay),
-        inputs=list(batch.values()),
-        batch_size=batch["audio"].shape[0],
-        device=device,
-        warmup=run.measure.warmup,
-        repeats=run.measure.repeats,
-    )
+def measure_model(
+    model: TaskModel, task: Task, run: ResolvedRun, train_ds: Dataset, device: torch.device
+) -> dict[str, Any]:
+    """Every efficiency key of a run's record: its training step on its first batch (as a
+    profile point measures it), then inference throughput on the same batch."""
+    step = TrainingStep.of_run(run, model, task, first_batch(train_ds, run, device))
+    warmup, repeats = run.measure.warmup, run.measure.repeats
+    out = measure_step(step, device, warmup, repeats)
+    out["infer_samples_per_s"] = inference_samples_per_s(step, device, warmup, repeats)
+    if device.type == "cuda":
+        out["cuda_alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    return out
