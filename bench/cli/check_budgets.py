@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from rich.console import Console
@@ -24,6 +25,8 @@ def execute(args: argparse.Namespace, console: Console) -> int:
     from bench import budgets
     from bench.registry import METHODS, get_method
 
+    if args.tolerance is not None and not (math.isfinite(args.tolerance) and args.tolerance >= 0):
+        raise UsageError(f"--tolerance must be a finite number >= 0, got {args.tolerance}")
     args.methods = args.methods or METHODS.names()
     for name in args.methods:
         get_method(name)

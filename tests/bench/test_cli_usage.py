@@ -100,6 +100,8 @@ def test_a_plan_files_seeds_are_checked_as_the_flag_is(tmp_path: Path, capsys) -
     [
         (["profile", "--methods", ","], "argument --methods: expected a comma-separated list, got ','"),
         (["check-budgets", "--presets", ""], "argument --presets: expected a comma-separated list, got ''"),
+        (["check-budgets", "--tolerance", "-0.1"], "--tolerance must be a finite number >= 0, got -0.1"),
+        (["check-budgets", "--tolerance", "nan"], "--tolerance must be a finite number >= 0, got nan"),
         (
             ["pretrain", "--preset", "smoke", "--seed", "-1"],
             "argument --seed: seeds are integers in [0, 2**32), got -1",
