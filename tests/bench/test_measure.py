@@ -96,7 +96,7 @@ def point_record(method: str, overrides: tuple[str, ...] = ()) -> dict[str, Any]
     spec = ProfileSpec([method], "smoke", segments=SMOKE.data["segments"], device="cpu", warmup=0, repeats=1)
     spec.overrides = list(overrides)
     point = Point(spec, method, SMOKE.train["batch_size"], spec.segments, "cmd", [], {"sha": "abc", "dirty": False})
-    record = profile_point(point)
+    record = profile_point(point).to_dict()
     assert record["status"] == "ok", record["error"]
     return record
 
