@@ -169,6 +169,11 @@ class AveTask(Task):
     def score(self, cfg: AveConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"accuracy": segment_accuracy(preds["pred"], preds["label"])}
 
+    def per_item(self, cfg: AveConfig, preds: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+        """Per-video segment accuracy: every video has the same T segments ([N, T] tensors),
+        so their mean is the accuracy over all N x T segments."""
+        return {"accuracy": (100.0 * (preds["pred"] == preds["label"]).double().mean(-1)).tolist()}
+
 
 def segment_accuracy(pred: torch.Tensor, label: torch.Tensor) -> float:
     """Percentage of all N x T segments whose class is right, background included."""

@@ -22,7 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from bench.data.synthetic import MAX_CLASSES, render_audio, render_visual
-from bench.metrics.avs import avsbench_scores, fscore, miou
+from bench.metrics.avs import avsbench_batches, avsbench_scores, frame_iou, fscore, miou
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, validate_config
 
@@ -183,6 +183,21 @@ class _AvsTask(Task):
             "miou": miou(preds["logits"], preds["mask"], valid),
             "fscore": fscore(preds["logits"], preds["mask"], valid),
         }
+
+    def per_item(self, cfg: AvsConfig, preds: dict[str, torch.Tensor]) -> dict[str, list[float]] | None:
+        """mIoU per item. `avsbench`: per pooled batch of `eval_batch_size` videos, the score
+        being the mean over batches (the last may hold fewer videos). `per_video`: per video,
+        the mean IoU of its scored frames, whose mean is the mean over frames only where
+        every video has as many scored frames (val and test: all five); None otherwise."""
+        valid = preds["frame_weight"] > 0
+        if cfg.protocol == "avsbench":
+            batches = avsbench_batches(preds["logits"], preds["mask"], valid, cfg.eval_batch_size)
+            return {"miou": [100.0 * v for v in batches["miou"]]}
+        frames = valid.sum(-1)
+        if (frames != frames[0]).any():
+            return None
+        iou = frame_iou(preds["logits"].flatten(0, 1), preds["mask"].flatten(0, 1)).view(valid.shape)
+        return {"miou": (100.0 * (iou.double() * valid).sum(-1) / frames.clamp(min=1)).tolist()}
 
 
 class AvsS4Task(_AvsTask):

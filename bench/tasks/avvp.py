@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from bench.data.llp import NUM_CLASSES, load_llp
 from bench.data.synthetic import render_audio, render_visual
-from bench.metrics.avvp import METRIC_KEYS, avvp_scores
+from bench.metrics.avvp import METRIC_KEYS, avvp_scores, avvp_video_scores, parse_predictions
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
 
@@ -172,11 +172,22 @@ class AvvpTask(Task):
         return preds
 
     def score(self, cfg: AvvpConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:
-        if "gt_audio" not in preds:
-            raise ValueError("AVVP scoring needs segment ground truth (gt_audio, gt_visual); the train split has none")
+        _require_ground_truth(preds)
         return avvp_scores(
             preds["video_prob"], preds["audio_prob"], preds["visual_prob"], preds["gt_audio"], preds["gt_visual"]
         )
+
+    def per_item(self, cfg: AvvpConfig, preds: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+        """Per-video segment-level Type@AV: the dataset score is their mean."""
+        _require_ground_truth(preds)
+        pred_a, pred_v = parse_predictions(preds["video_prob"], preds["audio_prob"], preds["visual_prob"])
+        per_video = avvp_video_scores(pred_a, pred_v, preds["gt_audio"], preds["gt_visual"])
+        return {self.selection_metric: (100.0 * per_video[self.selection_metric]).tolist()}
+
+
+def _require_ground_truth(preds: dict[str, torch.Tensor]) -> None:
+    if "gt_audio" not in preds:
+        raise ValueError("AVVP scoring needs segment ground truth (gt_audio, gt_visual); the train split has none")
 
 
 TASK = AvvpTask()
