@@ -118,6 +118,7 @@ def run_one(
             "val_history": outcome.val_history,
             "weights": outcome.towers,
             "budget": outcome.budget,
+            "metrics_per_item": outcome.per_item,
         }
     except (ConfigError, DataError):
         raise

@@ -103,6 +103,7 @@ class RunRecord:
     weights: dict[str, Any] | None = None  # tower role -> its weights, architecture and size
     budget: dict[str, Any] | None = None  # the steps taken and where their number comes from
     data: dict[str, Any] | None = None  # real data: its directory and fingerprint
+    metrics_per_item: dict[str, list[float]] | None = None  # test scores per item, for bootstrap intervals
     # profile points
     batch_size: int | None = None
     segments: int | None = None  # None: the task fixes its frames

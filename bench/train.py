@@ -37,6 +37,7 @@ class RunOutcome:
     val_history: list[float]
     towers: dict[str, dict[str, Any]]  # tower role -> its weights, architecture and size (Built.tower_records)
     budget: dict[str, Any]  # the steps taken and where their number comes from (StepBudget.record)
+    per_item: dict[str, list[float]] | None = None  # test scores per item (Task.per_item), for bootstrap intervals
 
 
 def iterate(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator) -> Iterator[Batch]:
@@ -46,6 +47,31 @@ def iterate(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator) -
         yield from ds.batches(batch_size, order)
     else:
         yield from DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+def predict(
+    model: TaskModel,
+    task: Task,
+    ds: Dataset,
+    batch_size: int,
+    device: torch.device,
+    amp,
+    gate: Gate | None = None,
+) -> dict[str, torch.Tensor]:
+    """The task's predictions over a whole split, in its order, on the CPU."""
+    gate = gate or Gate()
+    model.eval()
+    collected: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad(), amp():
+        for batch in iterate(ds, batch_size, False, torch.Generator()):
+            gate.checkpoint()
+            batch = to_device(batch, device)
+            out = model(batch["audio"], batch["visual"])
+            for k, v in task.predictions(out, batch).items():
+                collected.setdefault(k, []).append(v)
+    return {
+        k: torch.cat(v).float().cpu() if v[0].is_floating_point() else torch.cat(v).cpu() for k, v in collected.items()
+    }
 
 
 def evaluate(
@@ -58,23 +84,7 @@ def evaluate(
     amp,
     gate: Gate | None = None,
 ) -> dict[str, float]:
-    gate = gate or Gate()
-    model.eval()
-    collected: dict[str, list[torch.Tensor]] = {}
-    with torch.no_grad(), amp():
-        for batch in iterate(ds, batch_size, False, torch.Generator()):
-            gate.checkpoint()
-            batch = to_device(batch, device)
-            out = model(batch["audio"], batch["visual"])
-            for k, v in task.predictions(out, batch).items():
-                collected.setdefault(k, []).append(v)
-    return task.score(
-        cfg,
-        {
-            k: torch.cat(v).float().cpu() if v[0].is_floating_point() else torch.cat(v).cpu()
-            for k, v in collected.items()
-        },
-    )
+    return task.score(cfg, predict(model, task, ds, batch_size, device, amp, gate))
 
 
 def train_run(
@@ -135,14 +145,16 @@ def train_run(
         epoch += 1
     assert best_state is not None
     model.load_state_dict(best_state, strict=False)
-    metrics = evaluate(model, task, run.task_cfg, datasets["test"], cfg.batch_size, device, amp, gate)
+    test = predict(model, task, datasets["test"], cfg.batch_size, device, amp, gate)
+    metrics = task.score(run.task_cfg, test)
     metrics["val_" + task.selection_metric] = best
     measured = run.measure.enabled and is_main_process()  # other ranks' records are dropped
     efficiency = {}
     if measured:
         with gate.alone():
             efficiency = measure_model(model, task, run, datasets["train"], device)
-    return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records(), budget.record())
+    per_item = task.per_item(run.task_cfg, test)
+    return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records(), budget.record(), per_item)
 
 
 def first_batch(ds: Dataset, run: ResolvedRun, device: torch.device) -> Batch:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench.cli.args import DEFAULT_OUT, UsageError
+from bench.cli.args import DEFAULT_OUT, UsageError, require_positive
 from bench.cli.command import Command
 from bench.cli.console import print_summary, print_table
 
@@ -17,6 +17,17 @@ def add_table_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--reference", default=None, help="method the ratios are relative to")
     parser.add_argument("--study", default=None, help="the ablation of one sweep study instead of the method table")
+
+
+def add_table_and_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
+    add_table_arguments(parser)
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=None,
+        metavar="N",
+        help="add, per row, a 95%% interval from N bootstrap resamples of one seed's test items",
+    )
 
 
 def add_plot_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +51,7 @@ def load_records(out: Path, console: Console) -> list[dict]:
 def table(args: argparse.Namespace, console: Console) -> int:
     from bench.report import write_study_tables, write_tables
 
+    require_positive(args, "bootstrap")
     records = load_records(args.out, console)
     if args.study:
         study = write_study_tables(records, args.out, args.study)
@@ -47,7 +59,8 @@ def table(args: argparse.Namespace, console: Console) -> int:
             raise UsageError(f"no records of study {args.study!r} in {args.out / 'runs.jsonl'}")
         print_table(study, console)
     else:
-        print_summary(write_tables(records, args.out, reference=args.reference), console)
+        table = write_tables(records, args.out, reference=args.reference, bootstrap=args.bootstrap or 0)
+        print_summary(table, console)
     console.print(f"tables written to {args.out / 'tables'}")
     return 0
 
@@ -82,5 +95,5 @@ def importances(args: argparse.Namespace, console: Console) -> dict[str, float] 
         return None
 
 
-TABLE = Command("table", "write tables from OUT/runs.jsonl", add_table_arguments, table)
+TABLE = Command("table", "write tables from OUT/runs.jsonl", add_table_and_bootstrap_arguments, table)
 PLOT = Command("plot", "write figures from OUT/runs.jsonl", add_plot_arguments, plot)
