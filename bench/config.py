@@ -24,6 +24,13 @@ class ConfigError(ValueError):
     """A bad configuration item; the CLI exits 2 with this message."""
 
 
+def unkeyed(default: Any) -> Any:
+    """A field that says how a run reads its data, not what it computes (the samples and
+    their order are the same whatever its value): left out of the stored config, and so
+    of the run key, so that setting it reruns nothing."""
+    return field(default=default, metadata={"keyed": False})
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 6
@@ -180,7 +187,11 @@ def build_section(cls: type, section: str, defaults: dict[str, Any], overrides: 
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    """A config section as records store it: every field but the `unkeyed` ones."""
+    if not dataclasses.is_dataclass(cfg):
+        return dict(cfg)
+    keyed = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("keyed", True)}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k in keyed}
 
 
 @dataclass
