@@ -44,10 +44,14 @@ class TrainConfig:
     # at its default config) spends in those epochs, so that cheap steps buy more of them.
     budget: Literal["epochs", "flops"] = "epochs"
     budget_reference: str = "lavish"
+    # DataLoader worker processes reading real data; None: chosen from the run's cores (bench.data.loader)
+    loader_workers: int | None = unkeyed(None)
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "lr", "head_lr")
         _non_negative(self, "weight_decay", "grad_clip")
+        if self.loader_workers is not None:
+            _non_negative(self, "loader_workers")
         _choices(self)
 
 

@@ -18,6 +18,7 @@ from bench.data.avsbench import load_avsbench
 from bench.data.core import split_sizes
 from bench.data.errors import DataError, DataWarning
 from bench.data.llp import load_llp
+from bench.data.loader import MAX_AUTO_WORKERS, cores_of_run
 from bench.registry import get_task
 from bench.results import ResultsStore
 from bench.tasks.ave import AveConfig
@@ -171,7 +172,7 @@ def test_a_run_on_a_tree_with_two_deleted_videos_completes_and_its_record_counts
     delete(data, "v3")
     delete(data, "v9")
     run = ["run", "--methods", "frozen", "--tasks", "ave", "--preset", "smoke", "--device", "cpu", "--workers", "1"]
-    quick = ["--set", "measure.enabled=false"]
+    quick = ["--set", "measure.enabled=false"]  # loader workers: the default, chosen from the cores
     assert main([*run, *quick, "--data", f"ave={data}", "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
     for file, split, listed, first in (("trainSet.txt", "train", 6, "v3"), ("testSet.txt", "test", 2, "v9")):
@@ -186,3 +187,5 @@ def test_a_run_on_a_tree_with_two_deleted_videos_completes_and_its_record_counts
         "val": {"samples": 2, "missing": 0},
         "test": {"samples": 1, "missing": 1},
     }
+    assert record["efficiency"]["loader_workers"] == max(0, min(MAX_AUTO_WORKERS, cores_of_run() - 1))
+    assert 0 <= record["efficiency"]["data_wait_fraction"] <= 1
