@@ -25,6 +25,13 @@ class ConfigError(ValueError):
     """A bad configuration item; the CLI exits 2 with this message."""
 
 
+def unkeyed(default: Any) -> Any:
+    """A field that says how a run reads its data, not what it computes (the samples and
+    their order are the same whatever its value): left out of the stored config, and so
+    of the run key, so that setting it reruns nothing."""
+    return field(default=default, metadata={"keyed": False})
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 6
@@ -38,10 +45,14 @@ class TrainConfig:
     # at its default config) spends in those epochs, so that cheap steps buy more of them.
     budget: Literal["epochs", "flops"] = "epochs"
     budget_reference: str = "lavish"
+    # DataLoader worker processes reading real data; None: chosen from the run's cores (bench.data.loader)
+    loader_workers: int | None = unkeyed(None)
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "lr", "head_lr")
         _non_negative(self, "weight_decay", "grad_clip")
+        if self.loader_workers is not None:
+            _non_negative(self, "loader_workers")
         _choices(self)
 
 
@@ -201,7 +212,11 @@ def _is_finite(value: Any) -> bool:
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    """A config section as records store it: every field but the `unkeyed` ones."""
+    if not dataclasses.is_dataclass(cfg):
+        return dict(cfg)
+    keyed = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("keyed", True)}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k in keyed}
 
 
 @dataclass

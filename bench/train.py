@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bench.build import build_model
 from bench.config import ResolvedRun
+from bench.data.loader import RunSplit, run_splits
 from bench.device import is_main_process, resolve_device, shard, to_device
 from bench.gate import Gate
 from bench.measure import TrainingStep, autocast_for, inference_samples_per_s, measure_step, run_optimizer
@@ -41,7 +42,15 @@ class RunOutcome:
 
 
 def iterate(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator) -> Iterator[Batch]:
-    """Whole-batch slicing for in-memory datasets, a DataLoader for real ones."""
+    """A run's split read as the run reads it, through its own loader (bench.data.loader:
+    workers that persist across epochs, the time waited kept); any other read (one batch for
+    the step budget or the measurement, a dataset outside a run) in this process: whole-batch
+    slicing for in-memory datasets, a DataLoader for real ones."""
+    if isinstance(ds, RunSplit):
+        if ds.serves(batch_size, shuffle, gen):
+            yield from ds
+            return
+        ds = ds.dataset
     if isinstance(ds, TensorAVDataset):
         order = torch.randperm(len(ds), generator=gen) if shuffle else None
         yield from ds.batches(batch_size, order)
@@ -112,6 +121,7 @@ def train_run(
     optimizer = run_optimizer(model, run)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     gen = torch.Generator().manual_seed(run.seed)
+    datasets = run_splits(datasets, cfg.batch_size, gen, cfg.loader_workers, device)  # one loader per split
     steps_per_epoch = math.ceil(len(datasets["train"]) / cfg.batch_size)
     first = partial(first_batch, datasets["train"], run, device)
     budget = step_budget(run, preset, task, model, first, steps_per_epoch)
@@ -153,6 +163,7 @@ def train_run(
     if measured:
         with gate.alone():
             efficiency = measure_model(model, task, run, datasets["train"], device)
+    efficiency |= datasets["train"].record()  # the training loop's wait for its batches
     per_item = task.per_item(run.task_cfg, test)
     return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records(), budget.record(), per_item)
 
