@@ -54,7 +54,7 @@ REQUIRED: dict[Kind, dict[str, type]] = {
     Kind.PROFILE: {"method": str, "task": str, "preset": str, "status": str, "config": dict, "batch_size": int},
 }
 FINISHED: dict[str, type] = {"metrics": dict, "efficiency": dict}  # what a finished record's figures are
-OPTIONAL: dict[str, type] = {"key": str, "tags": dict, "versions": dict}
+OPTIONAL: dict[str, type] = {"key": str, "tags": dict, "versions": dict, "metrics_per_item": dict}
 JSON_TYPES = {str: "a string", int: "an integer", dict: "a JSON object"}
 
 

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # bench.budgets imports peft and timm
 SUMMARY_COLUMNS = {  # display-table column -> console header: what fits an 80-column terminal
     "method": "method",
     "config": "config",
-    "value": "mean ± std",
+    "value": "mean ± 95% CI",
     "train mem est. (MiB)": "mem MiB",
     "CUDA peak (MiB)": "CUDA MiB",
     "step (ms)": "step ms",
