@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 
 from bench.config import ConfigError
-from bench.tasks.base import Batch
+from bench.data.core import Batch
 
 
 def resolve_device(name: str) -> torch.device:

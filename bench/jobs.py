@@ -15,12 +15,13 @@ from rich.progress import Progress
 
 from bench.checkpoint import RunCheckpoint, fingerprint
 from bench.config import ConfigError, ResolvedRun
+from bench.data.core import DataShape, split_sizes
+from bench.data.errors import DataError
 from bench.device import resolve_device
 from bench.gate import Gate
 from bench.presets import Preset, get_preset
 from bench.registry import get_method, get_task
 from bench.results import Kind, RunRecord, Status, environment, run_key
-from bench.tasks.base import DataShape
 from bench.train import NonFiniteLoss, train_run
 
 
@@ -106,12 +107,14 @@ def run_one(
     on_step: Callable[[int, int], None],
     gate: Gate | None = None,
 ) -> RunRecord:
-    """The run's record, whatever happened (a usage error is raised instead)."""
+    """The run's record, whatever happened (a usage error or a bad dataset, which would fail
+    every run alike, is raised instead)."""
     run = job.run
     start = time.perf_counter()
-    status, error, metrics, efficiency, extra = Status.OK, None, {}, {}, {}
+    status, error, metrics, efficiency, extra, splits = Status.OK, None, {}, {}, {}, None
     try:
         datasets = cache.get(run, preset.shape)
+        splits = split_sizes(datasets)
         checkpoint = job_checkpoint(job, context.checkpoints) if context.checkpoints is not None else None
         outcome = train_run(run, preset, datasets, on_step, gate, checkpoint)
         metrics, efficiency = outcome.metrics, outcome.efficiency
@@ -120,8 +123,9 @@ def run_one(
             "val_history": outcome.val_history,
             "weights": outcome.towers,
             "budget": outcome.budget,
+            "metrics_per_item": outcome.per_item,
         }
-    except ConfigError:
+    except (ConfigError, DataError):
         raise
     except NonFiniteLoss as err:
         status, error = Status.NAN, str(err)
@@ -130,7 +134,7 @@ def run_one(
     except Exception as err:  # a failed run is recorded; the sweep goes on
         status, error = Status.ERROR, f"{type(err).__name__}: {err}"
         extra = {"traceback": traceback.format_exc(limit=8)}
-    return job_record(job, context, status, error, time.perf_counter() - start, metrics, efficiency, **extra)
+    return job_record(job, context, status, error, time.perf_counter() - start, metrics, efficiency, splits, **extra)
 
 
 def versions(run: ResolvedRun) -> dict[str, int]:
@@ -156,9 +160,12 @@ def job_record(
     wall_s: float,
     metrics: dict[str, Any] | None = None,
     efficiency: dict[str, Any] | None = None,
+    splits: dict[str, dict[str, int]] | None = None,
     **extra: Any,
 ) -> RunRecord:
+    """`splits`: per split, the samples the run used and the listed videos left out (bench.data.core.split_sizes)."""
     run = job.run
+    data = (run.data.record() if run.data is not None else {}) | ({"splits": splits} if splits else {})
     env = environment(resolve_device(run.device))
     if context.workers > 1:
         env["workers"] = context.workers  # timed alone (bench.gate), but trained next to other runs
@@ -181,6 +188,6 @@ def job_record(
         env=env,
         tags=run.tags,
         wall_s=wall_s,
-        data=run.data.record() if run.data is not None else None,
+        data=data or None,
         **extra,
     )

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from bench.tasks.base import DataShape
+from bench.data.core import DataShape
 from mettle_core.interface import Registry
 
 

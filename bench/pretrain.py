@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from bench.data.core import DataShape
 from bench.data.synthetic import (
     SCENE_HUES,
     SCENE_ORIENTATIONS,
@@ -47,7 +48,6 @@ from bench.data.synthetic import (
 from bench.presets import Preset, TowerSpec
 from bench.shipped import CORPORA, PretrainConfig, rebuild_dir, recipe, shipped_files, weight_files
 from bench.shipped import PRETRAIN_ROLES as ROLES
-from bench.tasks.base import DataShape
 from bench.towers import build_backbone
 from mettle_core.backbone import Backbone
 

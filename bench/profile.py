@@ -22,32 +22,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from bench.build import build_model, param_groups  # noqa: E402
-from bench.config import ConfigError, ResolvedRun  # noqa: E402
-from bench.device import resolve_device, to_device  # noqa: E402
-from bench.jobs import versions  # noqa: E402
-from bench.measure import (  # noqa: E402
-    activation_bytes,
-    cuda_peak_bytes,
-    flops_per_step,
-    median_seconds,
-    train_memory_estimate,
+from bench.build import build_model
+from bench.config import ConfigError, ResolvedRun
+from bench.device import resolve_device
+from bench.jobs import versions
+from bench.measure import TrainingStep, measure_step, memory_figures
+from bench.plan import RunPlan, resolve
+from bench.presets import Preset, get_preset
+from bench.registry import get_task
+from bench.report.profile import (  # noqa: F401 (re-exported: bench.cli imports them from here)
+    console_table,
+    with_ratios,
+    write_report,
 )
-from bench.plan import RunPlan, resolve  # noqa: E402
-from bench.presets import Preset, get_preset  # noqa: E402
-from bench.registry import get_task  # noqa: E402
-from bench.report import markdown  # noqa: E402
-from bench.results import Kind, ResultsStore, RunRecord, Status, atomic_write_text, environment, git_state  # noqa: E402
-from bench.tasks.base import Batch, TaskModel  # noqa: E402
+from bench.report.profile import profile_frame as frame  # noqa: F401 (re-exported for bench.cli)
+from bench.results import Kind, ResultsStore, RunRecord, Status, environment, git_state
+from bench.train import first_batch
 
-MIB = 2**20
 SWEEP_KEYS = ("batch-size", "segments")
 RANDOM_TOWERS = ["towers.audio=random", "towers.visual=random", "towers.shared=random"]
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -124,61 +117,22 @@ def resolve_point(spec: ProfileSpec, method: str, batch_size: int, segments: int
     return resolve(plan)[0]
 
 
-@dataclass
-class Step:
-    """A built model with one batch of the task's synthetic data (random weights), and what
-    its towers are (architecture and parameter count per role)."""
+@dataclass(frozen=True)
+class Step(TrainingStep):
+    """A built model's training step (random weights) on the first batch of the task's
+    synthetic train split, and what its towers are (architecture and parameters per role)."""
 
-    model: TaskModel
-    batch: Batch
-    loss_fn: Callable[[], torch.Tensor]
-    make_optimizer: Callable[[], torch.optim.Optimizer]
     towers: dict[str, dict[str, Any]]
-
-    @property
-    def inputs(self) -> list[torch.Tensor]:
-        return list(self.batch.values())
 
 
 def build_step(run: ResolvedRun, preset: Preset, device: torch.device) -> Step:
-    """The task's synthetic data only shapes the batch; values do not change memory or time."""
+    """The point's train split holds one batch (resolve_point): its values shape the batch but do
+    not change memory or FLOPs, so the step is measured as a run measures its own."""
     task = get_task(run.task)
-    batch = to_device(task.synthetic(run.task_cfg, preset.shape)["train"].tensors, device)
+    batch = first_batch(task.synthetic(run.task_cfg, preset.shape)["train"], run, device)
     built = build_model(run, preset, task)
-    model = built.model.to(device)
-    model.train()
-
-    def loss_fn() -> torch.Tensor:
-        return task.loss(model(batch["audio"], batch["visual"]), batch)
-
-    def make_optimizer() -> torch.optim.Optimizer:
-        return torch.optim.AdamW(param_groups(model, run), weight_decay=run.train.weight_decay)
-
-    return Step(model, batch, loss_fn, make_optimizer, built.tower_records())
-
-
-def memory_figures(step: Step) -> dict[str, Any]:
-    """Parameters, saved-activation bytes, the training-memory estimate and, where the
-    encoder offers them (optional hooks), its memory floor and its trainable parameters by
-    part (with the task head's); one forward pass, freed on return."""
-    params = list(step.model.parameters())
-    trainable = [p for p in params if p.requires_grad]
-    out: dict[str, Any] = {
-        "trainable_params": sum(p.numel() for p in trainable),
-        "encoder_trainable_params": sum(p.numel() for p in step.model.encoder.parameters() if p.requires_grad),
-        "total_params": sum(p.numel() for p in params),
-    }
-    out |= {f"{role}_tower_params": tower["params"] for role, tower in step.towers.items()}
-    out["activation_bytes"] = activation_bytes(step.loss_fn, [*params, *step.model.buffers(), *step.inputs])
-    out["train_mem_bytes_est"] = train_memory_estimate(params, trainable, out["activation_bytes"])
-    encoder = step.model.encoder
-    if (floor := encoder.memory_floor_bytes(step.batch["audio"], step.batch["visual"])) is not None:
-        out["memory_floor_bytes"] = floor
-    if (parts := encoder.param_breakdown()) is not None:
-        head = sum(p.numel() for p in step.model.head.parameters() if p.requires_grad)
-        out |= {f"params_{part}": n for part, n in (parts | {"head": head}).items()}
-    gc.collect()
-    return out
+    model = built.model.to(device).train()  # training mode, as a run steps (towers are built in eval mode)
+    return Step.of_run(run, model, task, batch, towers=built.tower_records())
 
 
 def profile_step(
@@ -188,32 +142,14 @@ def profile_step(
     repeats: int,
     on_partial: Callable[[dict[str, Any]], None] = lambda figures: None,
 ) -> dict[str, Any]:
-    """Memory pass first (freed), then FLOPs, then the CUDA peaks, then timing.
-    `on_partial` gets the figures measured so far after each of the first two passes."""
-    out = memory_figures(step)
-    on_partial(dict(out))
-    out["flops_per_step"] = flops_per_step(step.loss_fn)
-    on_partial(dict(out))
-    step.model.zero_grad(set_to_none=True)
-    optimizer = step.make_optimizer()
-
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        step.loss_fn().backward()
-        optimizer.step()
-
-    if device.type == "cuda":
-        train_step()  # optimizer state exists before the peak pass, as in training
-        out.update(cuda_peak_bytes(train_step, device))
-    batch_size = step.batch["audio"].shape[0]
-    out["train_step_s"] = median_seconds(train_step, device, warmup, repeats)
-    out["train_samples_per_s"] = batch_size / out["train_step_s"]
-    return out
+    """A run's figures of the step (bench.measure.measure_step), with its towers' parameters."""
+    towers = {f"{role}_tower_params": tower["params"] for role, tower in step.towers.items()}
+    return measure_step(step, device, warmup, repeats, lambda figures: on_partial(figures | towers)) | towers
 
 
 def _one_step(step: Step, device: torch.device) -> None:
     optimizer = step.make_optimizer()
-    step.loss_fn().backward()
+    step.loss().backward()
     optimizer.step()
     torch.cuda.synchronize(device)
 
@@ -373,205 +309,6 @@ def isolated_point(point: Point, worker: Callable[[Point, Any], None] = _point_w
     done = f"after {passes}" if partial else "before any figure"
     error = f"the point's process was {how} {done} (on CPU most likely out of memory); figures so far are kept"
     return point.record(Status.KILLED, error, partial, wall_s=time.perf_counter() - start)
-
-
-TABLE_COLUMNS = {  # efficiency key -> (label, scale, digits)
-    "trainable_params": ("trainable params (M)", 1e-6, 3),
-    "encoder_trainable_params": ("encoder params (M)", 1e-6, 3),
-    "activation_bytes": ("act. mem (MiB)", 1 / MIB, 1),
-    "memory_floor_bytes": ("floor (MiB)", 1 / MIB, 1),
-    "train_mem_bytes_est": ("train mem est. (MiB)", 1 / MIB, 1),
-    "cuda_peak_allocated_bytes": ("CUDA peak alloc. (MiB)", 1 / MIB, 1),
-    "cuda_peak_reserved_bytes": ("CUDA peak reserved (MiB)", 1 / MIB, 1),
-    "train_step_s": ("step (ms)", 1e3, 1),
-    "train_samples_per_s": ("samples/s", 1.0, 2),
-    "flops_per_step": ("GFLOPs/step", 1e-9, 1),
-    "budget_max_batch": ("max batch in budget", 1, 0),
-}
-
-
-def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per point with figures: finished ones, and killed ones with what they measured."""
-    rows = [
-        {"method": r["method"], "batch": r["batch_size"], "T": r["segments"], **r["efficiency"]}
-        for r in records
-        if r["status"] == "ok" or (r["status"] == "killed" and r["efficiency"])
-    ]
-    return pd.DataFrame(rows, columns=None if rows else ["method", "batch", "T"])
-
-
-def with_ratios(df: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """Trainable parameters, memory (the estimate, and the CUDA peak when measured) and step
-    time over the reference method's at the same point; activations over the method's memory
-    floor."""
-    if df.empty:
-        return df
-    df = df.copy()
-    ref = df[df["method"] == reference].set_index(["batch", "T"])
-    keys = pd.MultiIndex.from_frame(df[["batch", "T"]])
-    pairs = (
-        ("trainable_params", "params / ref"),
-        ("train_mem_bytes_est", "mem / ref"),
-        ("cuda_peak_allocated_bytes", "CUDA peak / ref"),
-    )
-    for col, name in pairs:
-        if col in df and col in ref:
-            df[name] = df[col].to_numpy() / ref[col].reindex(keys).to_numpy()
-    df["time / ref"] = df["train_step_s"].to_numpy() / (
-        ref["train_step_s"].reindex(keys).to_numpy() if "train_step_s" in ref else float("nan")
-    )
-    if "memory_floor_bytes" in df:
-        df["act / floor"] = df["activation_bytes"] / df["memory_floor_bytes"]
-    return df
-
-
-def display_table(df: pd.DataFrame) -> pd.DataFrame:
-    """TABLE_COLUMNS, with the trainable parameters by part (the encoders' param_breakdown
-    hook, and the head) right after the encoder's trainable count."""
-    out = df[["method", "batch", "T"]].copy()
-    columns = []
-    for col, spec in TABLE_COLUMNS.items():
-        columns.append((col, spec))
-        if col == "encoder_trainable_params":
-            parts = [c for c in df.columns if c.startswith("params_")]
-            columns += [(c, (f"{c.removeprefix('params_')} params (M)", 1e-6, 3)) for c in parts]
-    for col, (label, scale, digits) in columns:
-        if col in df and df[col].notna().any():
-            out[label] = (df[col] * scale).round(digits)
-    for col in ("act / floor", "params / ref", "mem / ref", "CUDA peak / ref", "time / ref"):
-        if col in df and df[col].notna().any():
-            out[col] = df[col].round(3)
-    return out.map(lambda v: "" if pd.isna(v) else str(v))
-
-
-def reference_table(df: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """The Mettle paper's Fig. 1c as a table: per method and point, trainable parameters,
-    training memory (the CUDA peak where measured, else the estimate) and step time, each
-    beside its ratio to the reference method's (`df` from with_ratios; ratios blank when the
-    reference was not profiled)."""
-    if df.empty:
-        return pd.DataFrame()
-    cuda = "cuda_peak_allocated_bytes" in df and df["cuda_peak_allocated_bytes"].notna().any()
-    mem, mem_ratio = ("cuda_peak_allocated_bytes", "CUDA peak / ref") if cuda else ("train_mem_bytes_est", "mem / ref")
-
-    def column(name: str, scale: float, digits: int) -> pd.Series:
-        return (df[name] * scale).round(digits) if name in df else pd.Series(float("nan"), index=df.index)
-
-    columns = {
-        "trainable params (M)": column("trainable_params", 1e-6, 3),
-        f"params / {reference}": column("params / ref", 1.0, 3),
-        ("CUDA peak alloc. (MiB)" if cuda else "train mem est. (MiB)"): column(mem, 1 / MIB, 1),
-        f"memory / {reference}": column(mem_ratio, 1.0, 3),
-        "step (ms)": column("train_step_s", 1e3, 1),
-        f"time / {reference}": column("time / ref", 1.0, 3),
-    }
-    out = pd.concat([df[["method", "batch", "T"]], pd.DataFrame(columns, index=df.index)], axis=1)
-    return out.map(lambda v: "" if pd.isna(v) else str(v))
-
-
-def console_table(df: pd.DataFrame, reference: str) -> pd.DataFrame:
-    """reference_table under headers short enough for an 80-column terminal."""
-    table = reference_table(df, reference)
-    if table.empty:
-        return table
-    memory = "CUDA MiB" if table.columns[5].startswith("CUDA") else "mem MiB"
-    table.columns = ["method", "B", "T", "params M", "params/ref", memory, "mem/ref", "step ms", "time/ref"]
-    return table
-
-
-def write_report(records: list[dict[str, Any]], spec: ProfileSpec, out_dir: Path, command: str) -> list[Path]:
-    """OUT/profile.md and OUT/profile.png from this invocation's records."""
-    df = with_ratios(frame(records), spec.reference)
-    failed = [
-        f"- {r['method']} (batch {r['batch_size']}, T {r['segments']}): {r['status']}: {r['error']}"
-        for r in records
-        if r["status"] != "ok"
-    ]
-    env = records[0]["env"] if records else {}
-    lines = [
-        f"# Profile: preset `{spec.preset}`, task `{spec.task}`, device {env.get('device')} ({env.get('device_name')})",
-        "",
-        f"Command: `{command}`",
-        "",
-        markdown(display_table(df)) if not df.empty else "no finished points",
-        "",
-        f"One training step with random weights; ratios are relative to `{spec.reference}` at the same point. "
-        "Memory: saved-for-backward bytes (`act. mem`) and weights + gradients + AdamW state + activations "
-        "(`train mem est.`), measured in a pass of its own. Floor: what a method must keep for backward by design, "
-        "where it states one (Mettle: the per-layer features LCD reads, at the kept dtype). Parameters by part (lcd, "
-        "aggregation, pool, mti, head) where the method breaks them down. "
-        f"Time: median of {spec.repeats} steps after {spec.warmup} warm-up steps.",
-    ]
-    towers = {
-        (role, r["efficiency"][f"{role}_tower_params"])
-        for r in records
-        for role in ("audio", "visual", "shared")
-        if f"{role}_tower_params" in r["efficiency"]
-    }
-    if towers:
-        preset = get_preset(spec.preset)
-        listed = "; ".join(
-            f"{role}: {getattr(preset, role).arch}, {params:,} parameters" for role, params in sorted(towers)
-        )
-        lines.append(f"Towers (parameters of each tower proper; front-ends hold constants only): {listed}.")
-    if "budget_max_batch" in df:
-        lines.append(f"Max batch in budget ({spec.budget} bytes): {records[0]['efficiency'].get('budget_method', '')}.")
-    if not df.empty and spec.reference in set(df["method"]):
-        lines += [
-            "",
-            f"## Against `{spec.reference}` (the Mettle paper's Fig. 1c)",
-            "",
-            markdown(reference_table(df, spec.reference)),
-            "",
-            "Trainable parameters (method and task head), training memory and step time, each over "
-            f"`{spec.reference}`'s at the same batch size and segments (at batch 1: per sample, as in the figure).",
-        ]
-    if failed:
-        lines += ["", "Failed points:", *failed]
-    paths = [out_dir / "profile.md"]
-    atomic_write_text(paths[0], "\n".join(lines) + "\n")
-    if not df.empty:
-        paths.append(_figure(df, spec, out_dir / "profile.png"))
-    return paths
-
-
-def _figure(df: pd.DataFrame, spec: ProfileSpec, path: Path) -> Path:
-    mem_col = "cuda_peak_allocated_bytes" if "cuda_peak_allocated_bytes" in df else "train_mem_bytes_est"
-    mem_label = "CUDA peak allocated (MiB)" if mem_col != "train_mem_bytes_est" else "estimated training memory (MiB)"
-    fig, (ax_m, ax_t) = plt.subplots(1, 2, figsize=(10, 3.8))
-    if spec.sweep is None:
-        ax_m.bar(df["method"], df[mem_col] / MIB, label=mem_label)
-        ax_m.bar(df["method"], df["activation_bytes"] / MIB, label="activations")
-        if "memory_floor_bytes" in df:
-            floor = df["memory_floor_bytes"] / MIB
-            ax_m.scatter(df["method"], floor, marker="_", s=400, color="black", zorder=3, label="memory floor")
-        ax_t.bar(df["method"], df["train_step_s"] * 1e3)
-        for ax in (ax_m, ax_t):
-            ax.tick_params(axis="x", rotation=30)
-        ax_m.set_yscale("log")
-    else:
-        x = "batch" if spec.sweep[0] == "batch-size" else "T"
-        for method, part in df.groupby("method", sort=False):
-            part = part.sort_values(x)
-            ax_m.plot(part[x], part[mem_col] / MIB, "o-", label=method)
-            ax_t.plot(part[x], part["train_step_s"] * 1e3, "o-", label=method)
-        for ax in (ax_m, ax_t):
-            ax.set_xlabel("batch size" if x == "batch" else "segments")
-            ax.set_yscale("log")
-    ax_m.set_ylabel("MiB")
-    ax_m.set_title(mem_label)
-    ax_m.legend(fontsize=7)
-    ax_t.set_ylabel("ms")
-    ax_t.set_title("median training step")
-    if spec.sweep is not None:
-        ax_t.legend(fontsize=7)
-    fig.suptitle(f"{spec.preset} preset, task {spec.task}", fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
 
 
 def return_freed_memory_promptly() -> str:

@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -47,11 +48,29 @@ class RecordError(ValueError):
     """A JSON line that is not a record: what is wrong with it."""
 
 
-# fields every record of a kind has; a line lacking one is not a record
-REQUIRED: dict[Kind, tuple[str, ...]] = {
-    Kind.RUN: ("key", "method", "task", "preset", "source", "seed", "status", "config", "metrics", "efficiency"),
-    Kind.PROFILE: ("method", "task", "preset", "status", "config", "efficiency", "batch_size", "segments"),
+# fields every record of a kind has, with their JSON types; a line lacking one is not a record
+REQUIRED: dict[Kind, dict[str, type]] = {
+    Kind.RUN: {"method": str, "task": str, "preset": str, "source": str, "seed": int, "status": str, "config": dict},
+    Kind.PROFILE: {"method": str, "task": str, "preset": str, "status": str, "config": dict, "batch_size": int},
 }
+FINISHED: dict[str, type] = {"metrics": dict, "efficiency": dict}  # what a finished record's figures are
+OPTIONAL: dict[str, type] = {"key": str, "tags": dict, "versions": dict, "metrics_per_item": dict}
+JSON_TYPES = {str: "a string", int: "an integer", dict: "a JSON object"}
+
+
+def _field_problem(data: dict[str, Any], kind: Kind) -> str | None:
+    """What makes `data` no record of `kind`: a field missing or of the wrong JSON type."""
+    fields = REQUIRED[kind] | (FINISHED if data.get("status") == Status.OK else {})
+    if missing := [k for k in fields if k not in data]:
+        return f"not a {kind} record: lacks {', '.join(missing)}"
+    for name, expected in (fields | OPTIONAL).items():
+        value = data.get(name)
+        if name in data and (not isinstance(value, expected) or isinstance(value, bool)):
+            return f"{name!r} is {value!r}, expected {JSON_TYPES[expected]}"
+    for section, values in data["config"].items():
+        if not isinstance(values, dict):
+            return f"'config' section {section!r} is {values!r}, expected a JSON object"
+    return None
 
 
 @dataclass
@@ -84,6 +103,7 @@ class RunRecord:
     weights: dict[str, Any] | None = None  # tower role -> its weights, architecture and size
     budget: dict[str, Any] | None = None  # the steps taken and where their number comes from
     data: dict[str, Any] | None = None  # real data: its directory and fingerprint
+    metrics_per_item: dict[str, list[float]] | None = None  # test scores per item, for bootstrap intervals
     # profile points
     batch_size: int | None = None
     segments: int | None = None  # None: the task fixes its frames
@@ -115,8 +135,8 @@ class RunRecord:
             kind = Kind(data.get("kind", Kind.RUN))  # schema 1 marked profile points only
         except ValueError:
             raise RecordError(f"unknown kind {data.get('kind')!r}") from None
-        if missing := [k for k in REQUIRED[kind] if k not in data]:
-            raise RecordError(f"not a {kind} record: lacks {', '.join(missing)}")
+        if problem := _field_problem(data, kind):
+            raise RecordError(problem)
         try:
             status = Status(data["status"])
         except ValueError:
@@ -182,7 +202,9 @@ class ResultsStore:
     def __init__(self, out_dir: Path, filename: str = "runs.jsonl") -> None:
         self.path = Path(out_dir) / filename
 
-    def load(self) -> LoadReport:
+    def load(self, check: Callable[[dict[str, Any]], str | None] | None = None) -> LoadReport:
+        """Every record, and (line, why) for each line that is none: torn, not JSON, not a
+        record, or refused by `check` (a reader's own condition, e.g. a task it knows)."""
         if not self.path.exists():
             return LoadReport([], [])
         records, bad = [], []
@@ -204,6 +226,9 @@ class ResultsStore:
                 RunRecord.from_dict(rec)
             except RecordError as err:
                 bad.append((i, str(err)))
+                continue
+            if check is not None and (why := check(rec)) is not None:
+                bad.append((i, why))
                 continue
             records.append(rec)
         return LoadReport(records, bad)

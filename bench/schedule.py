@@ -1,4 +1,4 @@
-"""The optimiser and its learning-rate schedule, from a run's TrainConfig.
+"""A run's learning-rate schedule, from its TrainConfig.
 
 The schedule multiplies every group's learning rate by `lr_factor` of the optimizer steps
 taken; torch's LambdaLR applies it and is stepped once per optimizer step, so its state (the
@@ -15,11 +15,7 @@ from collections.abc import Callable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from bench.build import param_groups
-from bench.config import ResolvedRun, TrainConfig
-from bench.tasks.base import TaskModel
-
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+from bench.config import TrainConfig
 
 # the decay at optimizer step `step` (0-based) of `total`, with `per_epoch` steps an epoch
 Decay = Callable[[TrainConfig, int, int, int], float]
@@ -28,10 +24,6 @@ DECAYS: dict[str, Decay] = {
     "step": lambda cfg, step, per_epoch, total: cfg.gamma ** (step // per_epoch // cfg.step_size),
     "cosine": lambda cfg, step, per_epoch, total: 0.5 * (1 + math.cos(math.pi * step / total)),
 }
-
-
-def build_optimizer(model: TaskModel, run: ResolvedRun) -> torch.optim.Optimizer:
-    return OPTIMIZERS[run.train.optimizer](param_groups(model, run), weight_decay=run.train.weight_decay)
 
 
 def optimizer_steps(batches: int, batches_per_epoch: int, accumulate: int) -> int:

@@ -11,9 +11,9 @@ from safetensors import safe_open
 from torch import nn
 
 from bench.config import ConfigError
+from bench.data.core import DataShape
 from bench.frontends import FbankFrontend, LogMelFrontend
 from bench.presets import FrontendSpec, Preset, TowerSpec
-from bench.tasks.base import DataShape
 from bench.weights import ROLES, WeightSource
 from mettle_core.backbone import Backbone
 from mettle_core.htsat import HTSAT, HtsatConfig, load_htsat_checkpoint

@@ -30,10 +30,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from bench.data.errors import DataError
+from bench.data.checks import check_npy, image_size
+from bench.data.core import SPLITS, Batch, DataShape
+from bench.data.errors import DataError, raise_all
 from bench.data.media import audio_tensor, load_array, media_rate, visual_tensor
+from bench.data.missing import Absent, MissingMedia, SplitMedia, leave_out, missing_error
 from bench.frontends import resampler
-from bench.tasks.base import SPLITS, Batch, DataShape
 
 FRAMES = 5
 VARIANTS = {
@@ -68,6 +70,9 @@ def read_meta(path: Path, variant: str) -> dict[str, list[tuple[str, str]]]:
         if row[col] not in out:
             raise DataError(path, f"split must be one of {', '.join(SPLITS)}, got {row[col]!r}", line)
         out[row[col]].append((row[0], row[2] if variant == "s4" else ""))
+    for split, videos in out.items():
+        if not videos:
+            raise DataError(path, f"the {split} split is empty: no row has split {split!r}")
     return out
 
 
@@ -95,14 +100,35 @@ def load_png(path: Path, mode: str) -> np.ndarray:
         raise DataError(path, f"unreadable image ({e})") from e
 
 
+def video_errors(video: AvsVideo, rate: int) -> list[DataError]:
+    """What is wrong with a video's files, read from their headers: audio not int16 [5, rate]
+    or cut short, images missing, unreadable or cut short, masks or frames of another size
+    than the first frame."""
+    errors = []
+    try:
+        check_npy(video.audio, (FRAMES, rate), np.int16)
+    except DataError as e:
+        errors.append(e)
+    first: tuple[Path, tuple[int, int]] | None = None  # the first readable image, that the others must match
+    for p in (*video.frames, *video.masks):
+        try:
+            size = image_size(p)
+        except DataError as e:
+            errors.append(e)
+            continue
+        first = first or (p, size)
+        if size != first[1]:
+            (w, h), (fw, fh) = size, first[1]
+            errors.append(DataError(p, f"image is {w}x{h} but {first[0].name} is {fw}x{fh} (width x height)"))
+    return errors
+
+
 class AvsBenchDataset(Dataset):
-    def __init__(self, videos: list[AvsVideo], shape: DataShape, rate: int) -> None:
-        self.videos, self.shape, self.rate = videos, shape, rate
+    """`missing`: the listed videos left out for want of media (bench.data.missing)."""
+
+    def __init__(self, videos: list[AvsVideo], shape: DataShape, rate: int, missing: list[str]) -> None:
+        self.videos, self.shape, self.rate, self.missing = videos, shape, rate, missing
         self.resample = resampler(rate, shape.sample_rate)  # filters built once, not per item
-        for v in videos:  # fail early, naming the first missing file
-            for p in (*v.frames, v.audio, *v.masks):
-                if not p.is_file():
-                    raise DataError(p, "file not found")
 
     def __len__(self) -> int:
         return len(self.videos)
@@ -128,12 +154,39 @@ class AvsBenchDataset(Dataset):
         }
 
 
-def load_avsbench(root: Path, variant: str, shape: DataShape) -> dict[str, Dataset]:
-    """The train/val/test splits of S4 (`variant="s4"`) or MS3 (`"ms3"`) under the AVSBench root."""
+def absent_media(video: AvsVideo) -> Path | None:
+    """The video's frames folder or audio file when it is not there: a video without
+    prepared media. (Its other files missing is a broken tree: video_errors.)"""
+    return next((p for p in (video.frames[0].parent, video.audio) if not p.exists()), None)
+
+
+def load_avsbench(
+    root: Path, variant: str, shape: DataShape, missing_media: MissingMedia = "skip"
+) -> dict[str, Dataset]:
+    """The train/val/test splits of S4 (`variant="s4"`) or MS3 (`"ms3"`) under the AVSBench root;
+    listed videos without prepared media are left out or refused as `missing_media` says."""
     folder, meta, data = VARIANTS[variant]
-    splits = read_meta(root / folder / meta, variant)
+    meta_file = root / folder / meta
+    splits = read_meta(meta_file, variant)
     base, rate = root / folder / data, media_rate(root)
+    present: dict[str, list[AvsVideo]] = {}
+    media: dict[str, SplitMedia] = {}
+    for split, rows in splits.items():
+        present[split], absent = [], []
+        for video, category in rows:
+            paths = video_paths(base, variant, split, video, category)
+            if (gone := absent_media(paths)) is None:
+                present[split].append(paths)
+            else:
+                absent.append(Absent(video, (gone,)))
+        media[split] = SplitMedia(meta_file, len(rows), absent)
+    errors = [e for videos in present.values() for video in videos for e in video_errors(video, rate)]
+    if missing_media == "error" and (refused := missing_error(media)) is not None:
+        errors.insert(0, refused)
+    raise_all(root / folder, errors)
+    for split, split_media in media.items():
+        leave_out(split, split_media)
     return {
-        split: AvsBenchDataset([video_paths(base, variant, split, v, c) for v, c in rows], shape, rate)
-        for split, rows in splits.items()
+        split: AvsBenchDataset(videos, shape, rate, [a.video for a in media[split].absent])
+        for split, videos in present.items()
     }

@@ -21,11 +21,18 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from bench.data.core import DataShape
 from bench.data.errors import DataError, warn_data
-from bench.data.media import PreparedAVDataset, parse_time, read_lines
-from bench.tasks.avvp import LLP_CLASSES, NUM_CLASSES
-from bench.tasks.base import DataShape
+from bench.data.media import Listing, parse_time, prepared_splits, read_lines
+from bench.data.missing import MissingMedia
 
+LLP_CLASSES = (
+    "Speech", "Car", "Cheering", "Dog", "Cat", "Frying_(food)", "Basketball_bounce", "Fire_alarm", "Chainsaw",
+    "Cello", "Banjo", "Singing", "Chicken_rooster", "Violin_fiddle", "Vacuum_cleaner", "Baby_laughter", "Accordion",
+    "Lawn_mower", "Motorcycle", "Helicopter", "Acoustic_guitar", "Telephone_bell_ringing", "Baby_cry_infant_cry",
+    "Blender", "Clapping",
+)  # fmt: skip
+NUM_CLASSES = len(LLP_CLASSES)
 SEGMENTS = 10
 SPLIT_FILES = {"train": "AVVP_train.csv", "val": "AVVP_val_pd.csv", "test": "AVVP_test_pd.csv"}
 INDEX = {c: i for i, c in enumerate(LLP_CLASSES)}
@@ -93,13 +100,17 @@ def youtube_id(filename: str) -> tuple[str, ...]:
     return (head,) if len(times) == 2 and all(t.isdigit() for t in times) else ()
 
 
-def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
+def load_llp(root: Path, shape: DataShape, missing_media: MissingMedia = "skip") -> dict[str, Dataset]:
+    """The three LLP splits; listed videos without prepared media are left out or refused as
+    `missing_media` says."""
     audio_events = _events(root / "AVVP_eval_audio.csv")
     visual_events = _events(root / "AVVP_eval_visual.csv")
-    out: dict[str, Dataset] = {}
+    prepared = {}
     for split, name in SPLIT_FILES.items():
         path = root / name
         rows = _table(path, ("filename", "event_labels"))
+        if not rows:
+            raise DataError(path, f"the {split} split is empty: no rows under the header")
         videos = [f[0] for _, f in rows]
         label = torch.zeros(len(rows), NUM_CLASSES)
         for i, (line, (_, labels)) in enumerate(rows):
@@ -109,5 +120,5 @@ def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
         if split != "train":
             targets["gt_audio"] = _segment_gt(audio_events, videos)
             targets["gt_visual"] = _segment_gt(visual_events, videos)
-        out[split] = PreparedAVDataset(root, videos, targets, shape, SEGMENTS, aliases=youtube_id)
-    return out
+        prepared[split] = Listing(path, videos, targets)
+    return prepared_splits(root, prepared, shape, SEGMENTS, missing_media, aliases=youtube_id)

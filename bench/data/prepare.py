@@ -16,19 +16,20 @@ default rate, 32 kHz, is the highest any preset's tower eats (HTS-AT); loaders r
 down. Each clip is one `ClipJob`, run by `run_clip` in one of `workers` processes.
 Outputs are written atomically (temporary file, then os.replace), finished outputs
 are skipped on a rerun, and a file that cannot be decoded fails with its reason
-(the other clips go on; the report lists the failures).
+(the other clips go on; the report lists the failures), as does a clip whose worker
+is killed (bench.data.clip_pool). A rerun removes the temporary files that a run
+killed with -9 left.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import os
+import re
 import shutil
-import signal
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,7 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from bench.data.clip_pool import run_in_workers
 from bench.data.media import MEDIA_INFO
 
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi")
@@ -47,6 +49,7 @@ ANNOTATIONS = {
     "llp": ("AVVP_train.csv", "AVVP_val_pd.csv", "AVVP_test_pd.csv", "AVVP_eval_audio.csv", "AVVP_eval_visual.csv"),
 }
 SEGMENTS = {"ave": 10, "llp": 10, "avsbench": 5}
+PARTIAL_FILE = re.compile(r"\..+\.\d+\.tmp")  # atomic_write's temporary `.{name}.{pid}.tmp`
 
 
 @dataclass
@@ -140,6 +143,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def remove_partial_files(dst: Path) -> int:
+    """Remove the temporary files of `atomic_write` under `dst` (a run killed with -9 cannot
+    remove its own); how many there were."""
+    partial = [p for p in dst.rglob(".*.tmp") if PARTIAL_FILE.fullmatch(p.name)]
+    for p in partial:
+        p.unlink(missing_ok=True)
+    return len(partial)
+
+
 def _save_npy(array: np.ndarray) -> Callable[[Path], None]:
     def write(p: Path) -> None:
         with p.open("wb") as f:
@@ -218,11 +230,6 @@ def _jobs_avsbench(src: Path, dst: Path, spec: MediaSpec) -> list[ClipJob]:
     return jobs
 
 
-def _init_worker() -> None:
-    """Workers leave Ctrl-C to the parent, which cancels the clips not started."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def prepare(
     dataset: Literal["ave", "llp", "avsbench"],
     src: Path,
@@ -244,6 +251,9 @@ def prepare(
         raise FileNotFoundError(f"source directory {src} does not exist")
     console = console or Console(stderr=True)
     dst.mkdir(parents=True, exist_ok=True)
+    removed = remove_partial_files(dst)
+    if removed:
+        console.print(f"removed {removed} partial file(s) that an interrupted run left in {dst}")
     spec = MediaSpec(SEGMENTS[dataset], size, sample_rate)
     write_media_info(dst, dataset, spec)
     if dataset == "avsbench":
@@ -256,25 +266,20 @@ def prepare(
         jobs = _jobs_videos(src, dst, spec)
     pending = [job for job in jobs if not job.done()]
     report = PrepareReport(already_done=len(jobs) - len(pending))
-    # fork: a worker starts at once instead of importing the CLI's modules again (seconds each)
-    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
-    try:
-        futures = {pool.submit(run_clip, job): job for job in pending}  # forks before the progress thread starts
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
-        with Progress(*columns, console=console, transient=True) as progress:
-            bar = progress.add_task(f"prepare {dataset}", total=len(jobs), completed=report.already_done)
-            for future in as_completed(futures):
-                reason = future.result()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn())  # fmt: skip
+    # refreshed here, not by a thread of its own: workers are forked while it shows (run_in_workers)
+    with Progress(*columns, console=console, transient=True, auto_refresh=False) as progress:
+        bar = progress.add_task(f"prepare {dataset}", total=len(jobs), completed=report.already_done)
+        with closing(run_in_workers(run_clip, pending, workers, on_wait=progress.refresh)) as outcomes:
+            for job, reason in outcomes:
                 if reason is None:
                     report.prepared += 1
                 else:
-                    report.failed.append((str(futures[future].source), reason))
-                    console.print(f"[red]failed[/] {futures[future].source}: {reason}")
+                    report.failed.append((str(job.source), reason))
+                    console.print(f"[red]failed[/] {job.source}: {reason}")
                 progress.advance(bar)
-    finally:
-        pool.shutdown(cancel_futures=True)
+                progress.refresh()
     report.failed.sort()
     console.print(
         f"{dataset}: {report.prepared} prepared, {report.already_done} already done, {len(report.failed)} failed"

@@ -1,13 +1,14 @@
 """The task contract: data, head, loss and metric, identical for every method.
 
 The head belongs to the task, not to the method, so that every method is compared
-with the same head, as the papers do.
+with the same head, as the papers do. The data types a task works with (DataShape,
+Batch, SPLITS, TensorAVDataset) belong to the data layer, bench.data.core; they are
+re-exported here for the task modules.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -15,42 +16,10 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from bench.data.core import SPLITS, Batch, DataShape, TensorAVDataset
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
 
-Batch = dict[str, torch.Tensor]
-SPLITS = ("train", "val", "test")
-
-
-@dataclass(frozen=True)
-class DataShape:
-    """Input geometry a preset feeds its towers (per segment)."""
-
-    image_size: int  # frames are image_size x image_size RGB
-    sample_rate: int  # audio is a mono waveform of one second (sample_rate samples) per segment
-
-
-class TensorAVDataset(Dataset):
-    """Whole split held as tensors: audio [N, T, S] waveforms, visual [N, T, 3, H, W] and
-    target tensors with leading dimension N. Used by every synthetic source."""
-
-    def __init__(self, audio: torch.Tensor, visual: torch.Tensor, targets: dict[str, torch.Tensor]) -> None:
-        n = audio.shape[0]
-        if visual.shape[0] != n or any(t.shape[0] != n for t in targets.values()):
-            raise ValueError("audio, visual and targets must share the leading dimension")
-        self.tensors: Batch = {"audio": audio, "visual": visual, **targets}
-
-    def __len__(self) -> int:
-        return self.tensors["audio"].shape[0]
-
-    def __getitem__(self, i: int) -> Batch:
-        return {k: v[i] for k, v in self.tensors.items()}
-
-    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> list[Batch]:
-        """Slice whole batches at once: no per-sample Python work in the hot loop."""
-        idx = order if order is not None else torch.arange(len(self))
-        return [
-            {k: v[idx[s : s + batch_size]] for k, v in self.tensors.items()} for s in range(0, len(idx), batch_size)
-        ]
+__all__ = ["SPLITS", "Batch", "DataShape", "Task", "TaskModel", "TensorAVDataset"]
 
 
 class Task(ABC):
@@ -92,6 +61,12 @@ class Task(ABC):
     def score(self, cfg: Any, preds: dict[str, torch.Tensor]) -> dict[str, float]:
         """Metric values from the concatenated `predictions` of a whole split, in the
         split's order (a protocol may pool consecutive samples)."""
+
+    def per_item(self, cfg: Any, preds: dict[str, torch.Tensor]) -> dict[str, list[float]] | None:
+        """The selection metric per test item (a video, or a group the protocol pools), in the
+        split's order, whose mean is that `score`: what a bootstrap over the test items of one
+        seed resamples. None (the default) where the metric is no mean over items."""
+        return None
 
     def datasets(self, cfg: Any, shape: DataShape, source: str) -> dict[str, Dataset]:
         if source == "synthetic":

@@ -11,21 +11,10 @@ from rich.console import Console
 
 from bench.budgets import load, write
 from bench.cli import main, print_profile
-from bench.profile import (
-    MIB,
-    Point,
-    ProfileSpec,
-    console_table,
-    display_table,
-    frame,
-    isolated_point,
-    parse_size,
-    parse_sweep,
-    reference_table,
-    with_ratios,
-    write_report,
-)
-from bench.results import ResultsStore
+from bench.profile import Point, ProfileSpec, isolated_point, parse_size, parse_sweep
+from bench.report.formats import MIB
+from bench.report.profile import console_table, display_table, profile_frame, reference_table, with_ratios, write_report
+from bench.results import ResultsStore, Status
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = ["profile", "--preset", "smoke", "--device", "cpu", "--warmup", "0", "--repeats", "1"]
@@ -118,11 +107,11 @@ def test_a_killed_point_keeps_its_memory_figures_and_the_profile_goes_on():
     spec = ProfileSpec(methods=["full"], preset="smoke", device="cpu")
     record = isolated_point(
         Point(spec, "full", 1, 10, "cmd", [], {"sha": "abc", "dirty": False}), worker=_dies_after_the_memory_pass
-    )
-    assert record["status"] == "killed" and record["method"] == "full"
+    ).to_dict()
+    assert record["status"] == "killed" and record["method"] == "full" and record["kind"] == "profile"
     assert "SIGKILL" in record["error"] and "after the memory pass" in record["error"]
     assert record["efficiency"] == {"activation_bytes": 1234, "train_mem_bytes_est": 5678}
-    row = frame([record]).iloc[0]
+    row = profile_frame([record]).iloc[0]
     assert row["method"] == "full" and row["train_mem_bytes_est"] == 5678
 
 
@@ -152,10 +141,12 @@ def test_a_profile_where_every_point_failed_still_reports(tmp_path):
     each failure, not in a pandas KeyError."""
     spec = ProfileSpec(methods=["mettle", "lavish"], preset="smoke", device="cpu")
     records = [
-        Point(spec, m, 1, 10, "cmd", [], {"sha": "abc", "dirty": False}).record("error", f"ValueError: {m}", {})
+        Point(spec, m, 1, 10, "cmd", [], {"sha": "abc", "dirty": False})
+        .record(Status.ERROR, f"ValueError: {m}", {})
+        .to_dict()
         for m in spec.methods
     ]
-    table = display_table(with_ratios(frame(records), spec.reference))
+    table = display_table(with_ratios(profile_frame(records), spec.reference))
     assert table.empty and list(table.columns) == ["method", "batch", "T"]
     (md,) = write_report(records, spec, tmp_path, "cmd")
     text = md.read_text()

@@ -12,11 +12,12 @@ import torch
 from bench.build import build_model
 from bench.cli import main
 from bench.config import ConfigError, TrainConfig
+from bench.measure import run_optimizer
 from bench.plan import RunPlan, resolve
 from bench.presets import get_preset
 from bench.registry import get_task
 from bench.results import ResultsStore
-from bench.schedule import build_optimizer, build_scheduler, optimizer_steps
+from bench.schedule import build_scheduler, optimizer_steps
 
 # 5 batches an epoch in groups of 2 -> 3 optimizer steps an epoch; 23 batches -> 4 epochs and 3
 # batches: 4 * 3 + 2 = 14 optimizer steps
@@ -80,7 +81,7 @@ def test_the_default_schedule_leaves_every_rate_exactly_as_given() -> None:
 def test_the_optimizer_is_the_configured_one_with_the_methods_rates() -> None:
     (run,) = resolve(RunPlan(["frozen"], ["ave"], "smoke", device="cpu", overrides=["train.optimizer=adam"]))
     model = build_model(run, get_preset("smoke"), get_task("ave")).model
-    optimizer = build_optimizer(model, run)
+    optimizer = run_optimizer(model, run)
     assert type(optimizer) is torch.optim.Adam and optimizer.defaults["weight_decay"] == run.train.weight_decay
     assert [g["lr"] for g in optimizer.param_groups] == [run.train.head_lr]  # frozen: the head only
 

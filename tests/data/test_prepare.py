@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -12,11 +17,13 @@ import pytest
 from rich.console import Console
 
 from bench.cli import main
+from bench.data import prepare as prepare_module
 from bench.data.ave import load_ave
+from bench.data.core import DataShape
 from bench.data.prepare import prepare
-from bench.tasks.base import DataShape
 
 FPS, SR = 10, 16000
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_clip(path: Path, seconds: int = 3, size: int = 64, container_format: str | None = None) -> None:
@@ -118,6 +125,110 @@ def test_prepare_in_workers_matches_one_worker_resumes_and_exits_1_naming_a_corr
     # another rate into the same tree would mix two kinds of array: exit 2 naming media.json
     assert main([*args, "--dst", str(tmp_path / "two"), "--sample-rate", "16000"]) == 2
     assert "media.json" in capsys.readouterr().err
+
+
+def test_a_killed_decoder_fails_its_clip_and_the_other_clips_finish(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "400")  # one console line per message
+    src, dst = tmp_path / "raw", tmp_path / "prepared"
+    src.mkdir()
+    for name in ("a_killed", "clip0", "clip1", "clip2", "clip3"):
+        write_clip(src / f"{name}.mp4", seconds=2)
+    decode = prepare_module.decode_video
+
+    def killed_on_one_clip(path: Path, *args: int) -> tuple[np.ndarray, np.ndarray]:
+        if path.stem == "a_killed":  # as the OOM killer or `kill -9` would, in the middle of the clip
+            os.kill(os.getpid(), signal.SIGKILL)
+        return decode(path, *args)
+
+    monkeypatch.setattr(prepare_module, "decode_video", killed_on_one_clip)  # forked into the workers
+    args = ["data", "prepare", "ave", "--src", str(src), "--dst", str(dst), "--size", "32", "--workers", "2"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "ave: 4 prepared, 0 already done, 1 failed" in err
+    assert f"failed {src / 'a_killed.mp4'}: decoder process killed by SIGKILL (out of memory?)" in err
+    for sub in ("frames", "audio"):
+        assert sorted(p.name for p in (dst / sub).iterdir()) == [f"clip{i}.npy" for i in range(4)]
+
+
+def children(pid: int) -> set[int]:
+    """The processes whose parent is `pid`, from the process table."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a dead orphan waits for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+HANGING_PREPARE = """
+import sys, time
+import bench.data.prepare as prepare
+from bench.cli import main
+
+def hang(job):  # a decoder stuck in the middle of writing its output
+    prepare.atomic_write(job.outputs["audio"], lambda p: (p.write_bytes(b"partial"), time.sleep(120)))
+
+prepare.video_clip = hang
+main(["data", "prepare", "ave", "--src", sys.argv[1], "--dst", sys.argv[2], "--size", "32", "--workers", "2"])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+def test_workers_die_with_their_parent_and_the_next_run_removes_its_partial_files(tmp_path: Path) -> None:
+    src, dst = tmp_path / "raw", tmp_path / "prepared"
+    src.mkdir()
+    for i in range(3):
+        write_clip(src / f"clip{i}.mp4", seconds=1)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    parent = subprocess.Popen([sys.executable, "-c", HANGING_PREPARE, str(src), str(dst)], env=env, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(dst.rglob("*.tmp"))) < 2 and time.monotonic() < deadline:  # both workers are writing
+            time.sleep(0.05)
+        workers = children(parent.pid)
+        assert len(list(dst.rglob("*.tmp"))) == 2 and len(workers) == 2
+    finally:
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+    deadline = time.monotonic() + 5
+    while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [pid for pid in workers if running(pid)]
+    for pid in left:  # a failing test leaves no sleeper behind
+        os.kill(pid, signal.SIGKILL)
+    assert not left
+    report = prepare("ave", src, dst, size=32, console=quiet())  # the settings of the killed run
+    assert report.prepared == 3 and not report.failed
+    assert not list(dst.rglob("*.tmp"))
+
+
+def test_a_rerun_removes_the_temporary_files_a_killed_run_left(tmp_path: Path) -> None:
+    src, dst = tmp_path / "raw", tmp_path / "prepared"
+    src.mkdir()
+    write_clip(src / "clip0.mp4", seconds=1)
+    partial = [dst / "frames" / ".clip0.npy.4242.tmp", dst / "audio" / ".clip1.npy.17.tmp", dst / ".media.json.9.tmp"]
+    for path in partial:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"partial")
+    (dst / "notes.tmp").write_text("not ours")
+    console = Console(record=True, file=open(os.devnull, "w"), width=400)  # noqa: SIM115
+    prepare("ave", src, dst, size=32, sample_rate=SR, console=console)
+    assert [p for p in partial if p.exists()] == [] and (dst / "notes.tmp").read_text() == "not ours"
+    assert f"removed 3 partial file(s) that an interrupted run left in {dst}" in console.export_text()
 
 
 def test_prepare_avsbench_writes_waveform_per_frame(tmp_path: Path) -> None:

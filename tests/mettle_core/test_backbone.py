@@ -3,6 +3,7 @@
 import pytest
 import torch
 from tiny import tower
+from tolerances import FLOAT64
 
 from mettle_core.backbone import Backbone
 from mettle_core.htsat import HTSAT, HtsatConfig
@@ -16,14 +17,15 @@ from mettle_core.interface import Towers
 )
 def test_unit_loop_reproduces_the_towers_own_forward(preset: str, role: str, modality: str) -> None:
     """Running unit by unit (downsample attached to the block after it) is the tower's own
-    forward pass: timm's for ViT and Swin-V2, HTS-AT's latent output for HTS-AT."""
-    bb = tower(preset, role).eval()
+    forward pass: timm's for ViT and Swin-V2, HTS-AT's latent output for HTS-AT. In float64,
+    where a reordered sum moves nothing by 1e-9; a unit skipped or run twice moves it by 1e-1."""
+    bb = tower(preset, role).eval().double()
     x = 0.1 * torch.randn(2, 8000) if modality == "audio" else torch.randn(2, 3, 32, 32)
-    prepared = bb.prepare(x, modality)
+    prepared = bb.prepare(x.double(), modality)
     last, kept = bb.forward_units(prepared)
-    assert torch.allclose(bb.pool(last), bb.model(prepared), atol=1e-5)
+    torch.testing.assert_close(bb.pool(last), bb.model(prepared), **FLOAT64)
     assert sorted(kept) == list(range(bb.depth))
-    assert torch.allclose(bb.features(x, modality), bb.pool(last))
+    torch.testing.assert_close(bb.features(x.double(), modality), bb.pool(last), **FLOAT64)
 
 
 def test_swin_units_run_downsample_first_and_report_stage_widths() -> None:
@@ -75,9 +77,9 @@ def test_prepare_runs_the_front_end_then_fits_channels_and_size() -> None:
 
 
 def test_pool_is_the_mean_token_without_a_class_token_and_the_class_token_with_one() -> None:
-    swin = tower("smoke", "visual")
-    x = torch.randn(2, 2, 2, 128)
-    assert torch.allclose(swin.pool(x), swin.final_norm(x).mean(dim=(1, 2)))
+    swin = tower("smoke", "visual").double()
+    x = torch.randn(2, 2, 2, 128, dtype=torch.float64)
+    torch.testing.assert_close(swin.pool(x), swin.final_norm(x).mean(dim=(1, 2)), **FLOAT64)
     vit = tower("smoke_vit", "visual")
     tokens = torch.randn(2, 17, 32)
     assert torch.equal(vit.pool(tokens), vit.final_norm(tokens)[:, 0])
@@ -126,15 +128,16 @@ def test_unit_tokens_are_the_tokens_each_block_sees(preset: str, role: str, moda
 
 @pytest.mark.parametrize("preset", ["smoke_vit", "smoke"])
 def test_branches_rebuild_the_block(preset: str) -> None:
-    """x + attention branch, then + MLP branch, is the block itself (eval: no drop path)."""
-    bb = tower(preset, "visual").eval()
+    """x + attention branch, then + MLP branch, is the block itself (eval: no drop path), in
+    float64: a branch left out or doubled moves the output by 1e-2 and more."""
+    bb = tower(preset, "visual").eval().double()
     unit = bb.units[1]
-    x = bb.embed(bb.prepare(torch.randn(2, 3, 32, 32), "visual"))
+    x = bb.embed(bb.prepare(torch.randn(2, 3, 32, 32, dtype=torch.float64), "visual"))
     x = bb.run_unit(bb.units[0], x)
     if unit.downsample is not None:
         x = unit.downsample(x)
     y = x + bb.attn_branch(unit.block, x)
     y = y + bb.mlp_branch(unit.block, y)
-    assert torch.allclose(y, unit.block(x), atol=1e-6)
+    torch.testing.assert_close(y, unit.block(x), **FLOAT64)
     with pytest.raises(ValueError, match="htsat block does not expose"):
         tower("smoke", "audio").attn_branch(unit.block, x)

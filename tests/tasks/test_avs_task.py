@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from tolerances import gamma
 
 from bench.plan import RunPlan, resolve
 from bench.registry import get_task
@@ -12,19 +15,17 @@ SMALL = dict(num_train=4, num_val=3, num_test=2)
 
 
 @pytest.mark.parametrize(("name", "cfg_cls"), [("avs_s4", AvsConfig), ("avs_ms3", AvsMs3Config)])
-def test_synthetic_shapes_and_determinism(name: str, cfg_cls: type, shape: DataShape) -> None:
+def test_synthetic_targets_are_pixel_masks_and_frame_weights(name: str, cfg_cls: type, shape: DataShape) -> None:
+    """Five frames a video, a mask per frame at the frame size. (Inputs, splits and determinism:
+    tests/test_task_contract.py.)"""
     task = get_task(name)
     assert task.spec(cfg_cls()).needs_maps and task.spec(cfg_cls()).kind == "segmentation"
     data = task.synthetic(cfg_cls(**SMALL), shape)
     for split, n in (("train", 4), ("val", 3), ("test", 2)):
         t = data[split].tensors
-        assert t["audio"].shape == (n, 5, 2000) and t["audio"].dtype == torch.float32
-        assert t["visual"].shape == (n, 5, 3, 32, 32) and t["visual"].dtype == torch.float32
+        assert t.keys() == {"audio", "visual", "mask", "frame_weight"}
         assert t["mask"].shape == (n, 5, 32, 32) and t["mask"].dtype == torch.bool
         assert t["frame_weight"].shape == (n, 5)
-    again = task.synthetic(cfg_cls(**SMALL), shape)
-    assert torch.equal(again["val"].tensors["mask"], data["val"].tensors["mask"])
-    assert torch.equal(again["train"].tensors["visual"], data["train"].tensors["visual"])
 
 
 def test_s4_train_supervises_first_frame_only(shape: DataShape) -> None:
@@ -44,7 +45,9 @@ def test_mask_is_the_sounding_object(shape: DataShape) -> None:
 
 
 @pytest.mark.parametrize("name", ["avs_s4", "avs_ms3"])
-def test_head_shape_backward_and_score(name: str, encoder, shape: DataShape) -> None:  # noqa: ANN001
+def test_head_decodes_every_level_into_frame_size_masks(name: str, encoder, shape: DataShape) -> None:  # noqa: ANN001
+    """The decoder reads every map level and the audio (FiLM), and predictions come back at the
+    frame size. (Loss, head gradients and scores on the registered towers: the task contract.)"""
     task = get_task(name)
     cfg = task.config_cls(**SMALL, head_width=8)
     model = TaskModel(encoder, task.head(cfg, encoder))
@@ -52,14 +55,9 @@ def test_head_shape_backward_and_score(name: str, encoder, shape: DataShape) -> 
     batch = data["train"].batches(2)[0]
     out = model(batch["audio"], batch["visual"])
     assert out.shape == (2, 5, 8, 8)  # finest map (stride 4); loss and predictions upsample
-    loss = task.loss(out, batch)
-    loss.backward()
-    assert all(p.grad is not None for p in model.head.parameters())
-    assert encoder.maps[3].weight.grad is not None and encoder.a.weight.grad is not None
-    preds = task.predictions(out, batch)
-    assert preds["logits"].shape == (2, 5, 32, 32)
-    scores = task.score(cfg, preds)
-    assert set(scores) == {"miou", "fscore"} and task.selection_metric == "miou"
+    task.loss(out, batch).backward()
+    assert all(conv.weight.grad is not None for conv in encoder.maps) and encoder.a.weight.grad is not None
+    assert task.predictions(out, batch)["logits"].shape == (2, 5, 32, 32)
 
 
 def test_loss_ignores_unsupervised_frames(encoder, shape: DataShape) -> None:  # noqa: ANN001
@@ -69,7 +67,9 @@ def test_loss_ignores_unsupervised_frames(encoder, shape: DataShape) -> None:  #
     logits[:, 1:] = 50.0  # confidently wrong on frames 1..4
     weight = torch.tensor([[1.0, 0, 0, 0, 0]])
     loss = task.loss(logits, {"mask": mask, "frame_weight": weight})
-    assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-5)
+    # log 2 per pixel, averaged over 32 x 32 pixels and weighted over 5 frames in float32: a sum
+    # of 1024 terms and a few more roundings; counting the four wrong frames would give 40
+    assert loss.item() == pytest.approx(math.log(2), rel=gamma(32 * 32 + 8))
 
 
 @pytest.mark.parametrize(
