@@ -32,6 +32,13 @@ def unkeyed(default: Any) -> Any:
     return field(default=default, metadata={"keyed": False})
 
 
+def keyed_when_set(default: Any) -> Any:
+    """A field added after runs were recorded, whose default computes exactly what those runs
+    computed: stored (and so in the run key) only when it differs from the default, so that
+    the recorded runs keep their keys and configs and a rerun of them skips."""
+    return field(default=default, metadata={"keyed": "when_set"})
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 6
@@ -225,11 +232,17 @@ def _is_finite(value: Any) -> bool:
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
-    """A config section as records store it: every field but the `unkeyed` ones."""
+    """A config section as records store it: every field but the `unkeyed` ones and the
+    `keyed_when_set` ones at their default."""
     if not dataclasses.is_dataclass(cfg):
         return dict(cfg)
-    keyed = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("keyed", True)}
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k in keyed}
+    values = dataclasses.asdict(cfg)
+    return {
+        f.name: values[f.name]
+        for f in dataclasses.fields(cfg)
+        if f.metadata.get("keyed", True) is True
+        or (f.metadata.get("keyed") == "when_set" and values[f.name] != f.default)
+    }
 
 
 @dataclass

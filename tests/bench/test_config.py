@@ -1,8 +1,18 @@
+import dataclasses
 from typing import Literal
 
 import pytest
 
-from bench.config import ConfigError, TrainConfig, build_section, parse_overrides, parse_value
+from bench.config import (
+    ConfigError,
+    TrainConfig,
+    as_dict,
+    build_section,
+    keyed_when_set,
+    parse_overrides,
+    parse_value,
+    unkeyed,
+)
 
 SECTIONS = {"train": TrainConfig}
 
@@ -87,3 +97,17 @@ def test_every_float_a_preset_gives_a_section_must_be_finite():
     with pytest.raises(ConfigError, match=r"train\.lr=nan is not a finite number"):
         build_section(TrainConfig, "train", {"lr": float("nan")}, [])
     assert build_section(AveConfig, "ave", {"noise": 0.5}, []).noise == 0.5
+
+
+def test_a_field_keyed_when_set_is_stored_only_off_its_default():
+    """Recorded runs keep their configs (and keys) when such a field is added at a default
+    that computes what they computed; a run that sets it is a different run."""
+
+    @dataclasses.dataclass
+    class Section:
+        kept: int = 1
+        added: str = keyed_when_set("old")
+        read_only: int = unkeyed(0)
+
+    assert as_dict(Section()) == {"kept": 1}
+    assert as_dict(Section(added="new", read_only=3)) == {"kept": 1, "added": "new"}
