@@ -53,16 +53,16 @@ class TrainConfig:
     budget: Literal["epochs", "flops"] = "epochs"
     budget_reference: str = "lavish"
     # adamw: decoupled weight decay; adam: torch's Adam, whose weight decay is an L2 term in the gradient
-    optimizer: Literal["adamw", "adam"] = "adamw"
+    optimizer: Literal["adamw", "adam"] = keyed_when_set("adamw")
     # the learning rate's multiplier at each optimizer step (bench.schedule): constant; step: times
     # `gamma` every `step_size` epochs (the official AVE recipes: 3 / 0.35); cosine: half a cosine
     # from 1 to 0 over the run's optimizer steps. `warmup_steps` ramps it up linearly first.
-    schedule: Literal["constant", "step", "cosine"] = "constant"
-    step_size: int = 3  # epochs
-    gamma: float = 0.35
-    warmup_steps: int = 0  # optimizer steps
-    accumulate: int = 1  # batches whose gradients add up to one optimizer step
-    patience: int = 0  # stop after this many epochs without a better val selection metric; 0: never
+    schedule: Literal["constant", "step", "cosine"] = keyed_when_set("constant")
+    step_size: int = keyed_when_set(3)  # epochs
+    gamma: float = keyed_when_set(0.35)
+    warmup_steps: int = keyed_when_set(0)  # optimizer steps
+    accumulate: int = keyed_when_set(1)  # batches whose gradients add up to one optimizer step
+    patience: int = keyed_when_set(0)  # stop after this many epochs without a better val selection metric; 0: never
     # DataLoader worker processes reading real data; None: chosen from the run's cores (bench.data.loader)
     loader_workers: int | None = unkeyed(None)
 
