@@ -45,7 +45,7 @@ from bench.report.profile import (  # noqa: F401 (re-exported: bench.cli imports
 )
 from bench.report.profile import profile_frame as frame  # noqa: F401 (re-exported for bench.cli)
 from bench.results import Kind, ResultsStore, RunRecord, Status, environment, git_state
-from bench.tasks.base import Batch, TaskModel
+from bench.tasks.base import Batch, TaskModel, training_loss
 
 SWEEP_KEYS = ("batch-size", "segments")
 RANDOM_TOWERS = ["towers.audio=random", "towers.visual=random", "towers.shared=random"]
@@ -148,7 +148,7 @@ def build_step(run: ResolvedRun, preset: Preset, device: torch.device) -> Step:
     model.train()
 
     def loss_fn() -> torch.Tensor:
-        return task.loss(model(batch["audio"], batch["visual"]), batch)
+        return training_loss(task, model, batch)
 
     def make_optimizer() -> torch.optim.Optimizer:
         return torch.optim.AdamW(param_groups(model, run), weight_decay=run.train.weight_decay)

@@ -24,7 +24,7 @@ from bench.config import ResolvedRun, TowersConfig
 from bench.measure import flops_per_step
 from bench.presets import Preset
 from bench.registry import get_method
-from bench.tasks.base import Batch, Task, TaskModel
+from bench.tasks.base import Batch, Task, TaskModel, training_loss
 from bench.weights import random_sources
 
 Amp = Callable[[], AbstractContextManager[Any]]
@@ -58,7 +58,7 @@ def step_flops(model: TaskModel, task: Task, batch: Batch, amp: Amp) -> int:
 
     def loss_fn() -> torch.Tensor:
         with amp():
-            return task.loss(model(batch["audio"], batch["visual"]), batch)
+            return training_loss(task, model, batch)
 
     with torch.random.fork_rng(devices=devices):
         model.train()

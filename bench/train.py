@@ -22,7 +22,7 @@ from bench.measure import measure_efficiency
 from bench.presets import Preset
 from bench.registry import get_task
 from bench.step_budget import step_budget
-from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset
+from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset, training_loss
 
 
 class NonFiniteLoss(RuntimeError):
@@ -117,7 +117,7 @@ def train_run(
             gate.checkpoint()
             batch, scale = shard(to_device(batch, device))
             with amp():
-                loss = task.loss(trained(batch["audio"], batch["visual"]), batch)
+                loss = training_loss(task, trained, batch)
             optimizer.zero_grad(set_to_none=True)
             (loss * scale).backward()
             if cfg.grad_clip > 0:
@@ -168,7 +168,7 @@ def measure_model(model: TaskModel, task: Task, run: ResolvedRun, train_ds: Data
 
     def loss_fn() -> torch.Tensor:
         with amp():
-            return task.loss(model(batch["audio"], batch["visual"]), batch)
+            return training_loss(task, model, batch)
 
     def infer_fn() -> Any:
         with amp():
