@@ -73,7 +73,8 @@ MS3_BALANCE_WEIGHT = 0.01  # the MS3 train_v2.sh load_balancing_loss_weight
 class AvmoeConfig:
     """num_cross / num_uni: cross-modal and unimodal experts per adapter (the official
     num_multimodal_experts / num_singlemodal_experts, 1 each for AVE); num_latent: latent tokens
-    of a cross-modal expert (the official num_tokens: 32); reduction: bottleneck D -> D // reduction
+    of a cross-modal expert (the official num_tokens: 32, kept: bench/plans/reference.toml chose it on
+    val over 8, each at two learning rates, see results/tables/selection.md); reduction: bottleneck D -> D // reduction
     (Adapter_downsample: 8); groups: groups of both bottleneck convs (num_conv_group: 2);
     batchnorm: BatchNorm after each (is_bn); gates: the audio experts' zero-init output gate
     (is_gate; visual experts always have one); layernorm_before / layernorm_post: LayerNorm before /
@@ -387,5 +388,5 @@ METHOD = MethodEntry(
     "AVMoE (Cheng et al., NeurIPS 2024): routers mixing cross-modal (latent-token) and unimodal adapter experts "
     "at paired blocks of separate frozen towers, temporal attention on classification.",
     towers=("audio", "visual"),
-    train_defaults={"lr": 1e-3},
+    train_defaults={"lr": 1e-3},  # chosen on val with num_latent (bench/plans/reference.toml)
 )
