@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
+from bench.measure import memory_figures
 from bench.presets import get_preset
-from bench.profile import ProfileSpec, build_step, memory_figures, resolve_point
+from bench.profile import ProfileSpec, build_step, resolve_point
 from bench.results import atomic_write_text
 
 BUDGETS_FILE = Path("results/budgets.toml")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,13 @@ if TYPE_CHECKING:
 
 class ConfigError(ValueError):
     """A bad configuration item; the CLI exits 2 with this message."""
+
+
+def unkeyed(default: Any) -> Any:
+    """A field that says how a run reads its data, not what it computes (the samples and
+    their order are the same whatever its value): left out of the stored config, and so
+    of the run key, so that setting it reruns nothing."""
+    return field(default=default, metadata={"keyed": False})
 
 
 @dataclass
@@ -37,10 +45,14 @@ class TrainConfig:
     # at its default config) spends in those epochs, so that cheap steps buy more of them.
     budget: Literal["epochs", "flops"] = "epochs"
     budget_reference: str = "lavish"
+    # DataLoader worker processes reading real data; None: chosen from the run's cores (bench.data.loader)
+    loader_workers: int | None = unkeyed(None)
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "lr", "head_lr")
         _non_negative(self, "weight_decay", "grad_clip")
+        if self.loader_workers is not None:
+            _non_negative(self, "loader_workers")
         _choices(self)
 
 
@@ -71,14 +83,22 @@ BASE_SECTIONS: dict[str, type] = {"train": TrainConfig, "measure": MeasureConfig
 
 def _positive(cfg: Any, *names: str) -> None:
     for name in names:
+        _finite(cfg, name)
         if getattr(cfg, name) <= 0:
             raise ConfigError(f"{type(cfg).__name__}.{name} must be > 0, got {getattr(cfg, name)!r}")
 
 
 def _non_negative(cfg: Any, *names: str) -> None:
     for name in names:
+        _finite(cfg, name)
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{type(cfg).__name__}.{name} must be >= 0, got {getattr(cfg, name)!r}")
+
+
+def _finite(cfg: Any, name: str) -> None:
+    """NaN passes every comparison above (`nan <= 0` is False), and inf every lower bound."""
+    if not math.isfinite(getattr(cfg, name)):
+        raise ConfigError(f"{type(cfg).__name__}.{name} must be finite, got {getattr(cfg, name)!r}")
 
 
 def _choices(cfg: Any) -> None:
@@ -117,9 +137,12 @@ def parse_value(text: str, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}={text!r} is not a boolean (expected true or false)")
     if hint in (int, float):
         try:
-            return hint(text)
+            value = hint(text)
         except ValueError:
             raise ConfigError(f"{key}={text!r} is not {'an integer' if hint is int else 'a number'}") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}={text!r} is not a finite number")
+        return value
     if hint is str:
         return text
     raise ConfigError(f"{key}: fields of type {hint} cannot be set from the command line")
@@ -168,6 +191,9 @@ def build_section(cls: type, section: str, defaults: dict[str, Any], overrides: 
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in defaults.items() if k in names}
+    for name, value in values.items():  # a preset's values reach here without parse_value
+        if not _is_finite(value):
+            raise ConfigError(f"{section}.{name}={value!r} is not a finite number")
     for o in overrides:
         if o.section == section:
             values[o.key] = parse_value(o.value, hints[o.key], o.dotted)
@@ -179,8 +205,18 @@ def build_section(cls: type, section: str, defaults: dict[str, Any], overrides: 
         raise ConfigError(f"{section}: {err}") from None
 
 
+def _is_finite(value: Any) -> bool:
+    """False for a NaN or infinite float, alone or in a tuple."""
+    items = value if isinstance(value, tuple) else (value,)
+    return not any(isinstance(v, float) and not math.isfinite(v) for v in items)
+
+
 def as_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+    """A config section as records store it: every field but the `unkeyed` ones."""
+    if not dataclasses.is_dataclass(cfg):
+        return dict(cfg)
+    keyed = {f.name for f in dataclasses.fields(cfg) if f.metadata.get("keyed", True)}
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k in keyed}
 
 
 @dataclass

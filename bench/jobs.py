@@ -13,7 +13,7 @@ import torch
 from rich.progress import Progress
 
 from bench.config import ConfigError, ResolvedRun
-from bench.data.core import DataShape
+from bench.data.core import DataShape, split_sizes
 from bench.data.errors import DataError
 from bench.device import resolve_device
 from bench.gate import Gate
@@ -108,9 +108,10 @@ def run_one(
     every run alike, is raised instead)."""
     run = job.run
     start = time.perf_counter()
-    status, error, metrics, efficiency, extra = Status.OK, None, {}, {}, {}
+    status, error, metrics, efficiency, extra, splits = Status.OK, None, {}, {}, {}, None
     try:
         datasets = cache.get(run, preset.shape)
+        splits = split_sizes(datasets)
         outcome = train_run(run, preset, datasets, on_step, gate)
         metrics, efficiency = outcome.metrics, outcome.efficiency
         extra = {
@@ -118,6 +119,7 @@ def run_one(
             "val_history": outcome.val_history,
             "weights": outcome.towers,
             "budget": outcome.budget,
+            "metrics_per_item": outcome.per_item,
         }
     except (ConfigError, DataError):
         raise
@@ -128,7 +130,7 @@ def run_one(
     except Exception as err:  # a failed run is recorded; the sweep goes on
         status, error = Status.ERROR, f"{type(err).__name__}: {err}"
         extra = {"traceback": traceback.format_exc(limit=8)}
-    return job_record(job, context, status, error, time.perf_counter() - start, metrics, efficiency, **extra)
+    return job_record(job, context, status, error, time.perf_counter() - start, metrics, efficiency, splits, **extra)
 
 
 def versions(run: ResolvedRun) -> dict[str, int]:
@@ -149,9 +151,12 @@ def job_record(
     wall_s: float,
     metrics: dict[str, Any] | None = None,
     efficiency: dict[str, Any] | None = None,
+    splits: dict[str, dict[str, int]] | None = None,
     **extra: Any,
 ) -> RunRecord:
+    """`splits`: per split, the samples the run used and the listed videos left out (bench.data.core.split_sizes)."""
     run = job.run
+    data = (run.data.record() if run.data is not None else {}) | ({"splits": splits} if splits else {})
     env = environment(resolve_device(run.device))
     if context.workers > 1:
         env["workers"] = context.workers  # timed alone (bench.gate), but trained next to other runs
@@ -174,6 +179,6 @@ def job_record(
         env=env,
         tags=run.tags,
         wall_s=wall_s,
-        data=run.data.record() if run.data is not None else None,
+        data=data or None,
         **extra,
     )

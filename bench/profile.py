@@ -24,17 +24,11 @@ from typing import Any
 
 import torch
 
-from bench.build import build_model, param_groups
+from bench.build import build_model
 from bench.config import ConfigError, ResolvedRun
-from bench.device import resolve_device, to_device
+from bench.device import resolve_device
 from bench.jobs import versions
-from bench.measure import (
-    activation_bytes,
-    cuda_peak_bytes,
-    flops_per_step,
-    median_seconds,
-    train_memory_estimate,
-)
+from bench.measure import TrainingStep, measure_step, memory_figures
 from bench.plan import RunPlan, resolve
 from bench.presets import Preset, get_preset
 from bench.registry import get_task
@@ -45,7 +39,7 @@ from bench.report.profile import (  # noqa: F401 (re-exported: bench.cli imports
 )
 from bench.report.profile import profile_frame as frame  # noqa: F401 (re-exported for bench.cli)
 from bench.results import Kind, ResultsStore, RunRecord, Status, environment, git_state
-from bench.tasks.base import Batch, TaskModel, training_loss
+from bench.train import first_batch
 
 SWEEP_KEYS = ("batch-size", "segments")
 RANDOM_TOWERS = ["towers.audio=random", "towers.visual=random", "towers.shared=random"]
@@ -123,61 +117,22 @@ def resolve_point(spec: ProfileSpec, method: str, batch_size: int, segments: int
     return resolve(plan)[0]
 
 
-@dataclass
-class Step:
-    """A built model with one batch of the task's synthetic data (random weights), and what
-    its towers are (architecture and parameter count per role)."""
+@dataclass(frozen=True)
+class Step(TrainingStep):
+    """A built model's training step (random weights) on the first batch of the task's
+    synthetic train split, and what its towers are (architecture and parameters per role)."""
 
-    model: TaskModel
-    batch: Batch
-    loss_fn: Callable[[], torch.Tensor]
-    make_optimizer: Callable[[], torch.optim.Optimizer]
     towers: dict[str, dict[str, Any]]
-
-    @property
-    def inputs(self) -> list[torch.Tensor]:
-        return list(self.batch.values())
 
 
 def build_step(run: ResolvedRun, preset: Preset, device: torch.device) -> Step:
-    """The task's synthetic data only shapes the batch; values do not change memory or time."""
+    """The point's train split holds one batch (resolve_point): its values shape the batch but do
+    not change memory or FLOPs, so the step is measured as a run measures its own."""
     task = get_task(run.task)
-    batch = to_device(task.synthetic(run.task_cfg, preset.shape)["train"].tensors, device)
+    batch = first_batch(task.synthetic(run.task_cfg, preset.shape)["train"], run, device)
     built = build_model(run, preset, task)
-    model = built.model.to(device)
-    model.train()
-
-    def loss_fn() -> torch.Tensor:
-        return training_loss(task, model, batch)
-
-    def make_optimizer() -> torch.optim.Optimizer:
-        return torch.optim.AdamW(param_groups(model, run), weight_decay=run.train.weight_decay)
-
-    return Step(model, batch, loss_fn, make_optimizer, built.tower_records())
-
-
-def memory_figures(step: Step) -> dict[str, Any]:
-    """Parameters, saved-activation bytes, the training-memory estimate and, where the
-    encoder offers them (optional hooks), its memory floor and its trainable parameters by
-    part (with the task head's); one forward pass, freed on return."""
-    params = list(step.model.parameters())
-    trainable = [p for p in params if p.requires_grad]
-    out: dict[str, Any] = {
-        "trainable_params": sum(p.numel() for p in trainable),
-        "encoder_trainable_params": sum(p.numel() for p in step.model.encoder.parameters() if p.requires_grad),
-        "total_params": sum(p.numel() for p in params),
-    }
-    out |= {f"{role}_tower_params": tower["params"] for role, tower in step.towers.items()}
-    out["activation_bytes"] = activation_bytes(step.loss_fn, [*params, *step.model.buffers(), *step.inputs])
-    out["train_mem_bytes_est"] = train_memory_estimate(params, trainable, out["activation_bytes"])
-    encoder = step.model.encoder
-    if (floor := encoder.memory_floor_bytes(step.batch["audio"], step.batch["visual"])) is not None:
-        out["memory_floor_bytes"] = floor
-    if (parts := encoder.param_breakdown()) is not None:
-        head = sum(p.numel() for p in step.model.head.parameters() if p.requires_grad)
-        out |= {f"params_{part}": n for part, n in (parts | {"head": head}).items()}
-    gc.collect()
-    return out
+    model = built.model.to(device).train()  # training mode, as a run steps (towers are built in eval mode)
+    return Step.of_run(run, model, task, batch, towers=built.tower_records())
 
 
 def profile_step(
@@ -187,32 +142,14 @@ def profile_step(
     repeats: int,
     on_partial: Callable[[dict[str, Any]], None] = lambda figures: None,
 ) -> dict[str, Any]:
-    """Memory pass first (freed), then FLOPs, then the CUDA peaks, then timing.
-    `on_partial` gets the figures measured so far after each of the first two passes."""
-    out = memory_figures(step)
-    on_partial(dict(out))
-    out["flops_per_step"] = flops_per_step(step.loss_fn)
-    on_partial(dict(out))
-    step.model.zero_grad(set_to_none=True)
-    optimizer = step.make_optimizer()
-
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        step.loss_fn().backward()
-        optimizer.step()
-
-    if device.type == "cuda":
-        train_step()  # optimizer state exists before the peak pass, as in training
-        out.update(cuda_peak_bytes(train_step, device))
-    batch_size = step.batch["audio"].shape[0]
-    out["train_step_s"] = median_seconds(train_step, device, warmup, repeats)
-    out["train_samples_per_s"] = batch_size / out["train_step_s"]
-    return out
+    """A run's figures of the step (bench.measure.measure_step), with its towers' parameters."""
+    towers = {f"{role}_tower_params": tower["params"] for role, tower in step.towers.items()}
+    return measure_step(step, device, warmup, repeats, lambda figures: on_partial(figures | towers)) | towers
 
 
 def _one_step(step: Step, device: torch.device) -> None:
     optimizer = step.make_optimizer()
-    step.loss_fn().backward()
+    step.loss().backward()
     optimizer.step()
     torch.cuda.synchronize(device)
 

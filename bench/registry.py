@@ -17,6 +17,7 @@ METHOD_PLACES = {
     "full": "baselines.full:METHOD",
     "lavish": "baselines.lavish:METHOD",
     "lora": "baselines.lora:METHOD",
+    "lst": "baselines.lst:METHOD",
     "mettle": "mettle_core.method:METHOD",
 }
 TASK_PLACES = {

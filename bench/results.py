@@ -54,7 +54,7 @@ REQUIRED: dict[Kind, dict[str, type]] = {
     Kind.PROFILE: {"method": str, "task": str, "preset": str, "status": str, "config": dict, "batch_size": int},
 }
 FINISHED: dict[str, type] = {"metrics": dict, "efficiency": dict}  # what a finished record's figures are
-OPTIONAL: dict[str, type] = {"key": str, "tags": dict, "versions": dict}
+OPTIONAL: dict[str, type] = {"key": str, "tags": dict, "versions": dict, "metrics_per_item": dict}
 JSON_TYPES = {str: "a string", int: "an integer", dict: "a JSON object"}
 
 
@@ -103,6 +103,7 @@ class RunRecord:
     weights: dict[str, Any] | None = None  # tower role -> its weights, architecture and size
     budget: dict[str, Any] | None = None  # the steps taken and where their number comes from
     data: dict[str, Any] | None = None  # real data: its directory and fingerprint
+    metrics_per_item: dict[str, list[float]] | None = None  # test scores per item, for bootstrap intervals
     # profile points
     batch_size: int | None = None
     segments: int | None = None  # None: the task fixes its frames

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,13 +20,11 @@ import torch
 
 from bench.build import build_model
 from bench.config import ResolvedRun, TowersConfig
-from bench.measure import flops_per_step
+from bench.measure import TrainingStep, flops
 from bench.presets import Preset
 from bench.registry import get_method
-from bench.tasks.base import Batch, Task, TaskModel, training_loss
+from bench.tasks.base import Batch, Task, TaskModel
 from bench.weights import random_sources
-
-Amp = Callable[[], AbstractContextManager[Any]]
 
 
 @dataclass(frozen=True)
@@ -49,31 +46,10 @@ class StepBudget:
         return {k: v for k, v in out.items() if v is not None}
 
 
-def step_flops(model: TaskModel, task: Task, batch: Batch, amp: Amp) -> int:
-    """FLOPs of one training step (forward, loss, backward) of `model` on `batch`, leaving the
-    model as it found it: gradients cleared, buffers (BatchNorm statistics) and the random
-    state restored, so that counting does not change the training that follows."""
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
-    devices = [batch["audio"].device] if batch["audio"].is_cuda else []
-
-    def loss_fn() -> torch.Tensor:
-        with amp():
-            return training_loss(task, model, batch)
-
-    with torch.random.fork_rng(devices=devices):
-        model.train()
-        flops = flops_per_step(loss_fn)
-    model.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
-    return flops
-
-
-def reference_flops(run: ResolvedRun, preset: Preset, task: Task, batch: Batch, amp: Amp) -> int:
+def reference_flops(run: ResolvedRun, preset: Preset, task: Task, batch: Batch) -> int:
     """One training step of the reference method at its default config, built for the same
     task, preset, seed and batch, with random towers (FLOPs do not depend on weight values,
-    and no checkpoint needs to be found for a model that is only counted)."""
+    and no checkpoint needs to be found for a model that is only counted), under the run's amp."""
     method = run.train.budget_reference
     reference = dataclasses.replace(
         run,
@@ -85,7 +61,7 @@ def reference_flops(run: ResolvedRun, preset: Preset, task: Task, batch: Batch, 
     devices = [batch["audio"].device] if batch["audio"].is_cuda else []
     with torch.random.fork_rng(devices=devices):  # building seeds the global generator
         model = build_model(reference, preset, task).model.to(batch["audio"].device)
-    return step_flops(model, task, batch, amp)
+    return flops(TrainingStep.of_run(reference, model, task, batch))
 
 
 def step_budget(
@@ -95,7 +71,6 @@ def step_budget(
     model: TaskModel,
     batch: Callable[[], Batch],
     steps_per_epoch: int,
-    amp: Amp,
 ) -> StepBudget:
     """`epochs`: the preset's epochs. `flops`: the reference method's FLOPs per step times its
     steps at the preset's epochs, divided by this method's FLOPs per step on `batch()`
@@ -105,7 +80,7 @@ def step_budget(
     if run.train.budget == "epochs":
         return StepBudget("epochs", epoch_steps, steps_per_epoch)
     counted = batch()
-    own = step_flops(model, task, counted, amp)
-    ref = reference_flops(run, preset, task, counted, amp)
+    own = flops(TrainingStep.of_run(run, model, task, counted))
+    ref = reference_flops(run, preset, task, counted)
     steps = max(1, ref * epoch_steps // own)
     return StepBudget("flops", steps, steps_per_epoch, own, run.train.budget_reference, ref, epoch_steps)

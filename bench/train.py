@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -14,11 +14,12 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
-from bench.build import build_model, param_groups
+from bench.build import build_model
 from bench.config import ResolvedRun
+from bench.data.loader import RunSplit, run_splits
 from bench.device import is_main_process, resolve_device, shard, to_device
 from bench.gate import Gate
-from bench.measure import measure_efficiency
+from bench.measure import TrainingStep, autocast_for, inference_samples_per_s, measure_step, run_optimizer
 from bench.presets import Preset
 from bench.registry import get_task
 from bench.step_budget import step_budget
@@ -37,15 +38,49 @@ class RunOutcome:
     val_history: list[float]
     towers: dict[str, dict[str, Any]]  # tower role -> its weights, architecture and size (Built.tower_records)
     budget: dict[str, Any]  # the steps taken and where their number comes from (StepBudget.record)
+    per_item: dict[str, list[float]] | None = None  # test scores per item (Task.per_item), for bootstrap intervals
 
 
 def iterate(ds: Dataset, batch_size: int, shuffle: bool, gen: torch.Generator) -> Iterator[Batch]:
-    """Whole-batch slicing for in-memory datasets, a DataLoader for real ones."""
+    """A run's split read as the run reads it, through its own loader (bench.data.loader:
+    workers that persist across epochs, the time waited kept); any other read (one batch for
+    the step budget or the measurement, a dataset outside a run) in this process: whole-batch
+    slicing for in-memory datasets, a DataLoader for real ones."""
+    if isinstance(ds, RunSplit):
+        if ds.serves(batch_size, shuffle, gen):
+            yield from ds
+            return
+        ds = ds.dataset
     if isinstance(ds, TensorAVDataset):
         order = torch.randperm(len(ds), generator=gen) if shuffle else None
         yield from ds.batches(batch_size, order)
     else:
         yield from DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+def predict(
+    model: TaskModel,
+    task: Task,
+    ds: Dataset,
+    batch_size: int,
+    device: torch.device,
+    amp,
+    gate: Gate | None = None,
+) -> dict[str, torch.Tensor]:
+    """The task's predictions over a whole split, in its order, on the CPU."""
+    gate = gate or Gate()
+    model.eval()
+    collected: dict[str, list[torch.Tensor]] = {}
+    with torch.no_grad(), amp():
+        for batch in iterate(ds, batch_size, False, torch.Generator()):
+            gate.checkpoint()
+            batch = to_device(batch, device)
+            out = model(batch["audio"], batch["visual"])
+            for k, v in task.predictions(out, batch).items():
+                collected.setdefault(k, []).append(v)
+    return {
+        k: torch.cat(v).float().cpu() if v[0].is_floating_point() else torch.cat(v).cpu() for k, v in collected.items()
+    }
 
 
 def evaluate(
@@ -58,23 +93,7 @@ def evaluate(
     amp,
     gate: Gate | None = None,
 ) -> dict[str, float]:
-    gate = gate or Gate()
-    model.eval()
-    collected: dict[str, list[torch.Tensor]] = {}
-    with torch.no_grad(), amp():
-        for batch in iterate(ds, batch_size, False, torch.Generator()):
-            gate.checkpoint()
-            batch = to_device(batch, device)
-            out = model(batch["audio"], batch["visual"])
-            for k, v in task.predictions(out, batch).items():
-                collected.setdefault(k, []).append(v)
-    return task.score(
-        cfg,
-        {
-            k: torch.cat(v).float().cpu() if v[0].is_floating_point() else torch.cat(v).cpu()
-            for k, v in collected.items()
-        },
-    )
+    return task.score(cfg, predict(model, task, ds, batch_size, device, amp, gate))
 
 
 def train_run(
@@ -98,17 +117,14 @@ def train_run(
     # A method may leave some trainable parameters out of a step; DDP must not wait for their grads.
     trained = DistributedDataParallel(model, find_unused_parameters=True) if dist.is_initialized() else model
     cfg = run.train
-    amp = (
-        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
-        if cfg.amp == "bf16" and device.type == "cuda"
-        else nullcontext
-    )
-    optimizer = torch.optim.AdamW(param_groups(model, run), weight_decay=cfg.weight_decay)
+    amp = autocast_for(cfg.amp, device)
+    optimizer = run_optimizer(model, run)
     trainable = [p for g in optimizer.param_groups for p in g["params"]]
     gen = torch.Generator().manual_seed(run.seed)
+    datasets = run_splits(datasets, cfg.batch_size, gen, cfg.loader_workers, device)  # one loader per split
     steps_per_epoch = math.ceil(len(datasets["train"]) / cfg.batch_size)
     first = partial(first_batch, datasets["train"], run, device)
-    budget = step_budget(run, preset, task, model, first, steps_per_epoch, amp)
+    budget = step_budget(run, preset, task, model, first, steps_per_epoch)
     best, best_state, best_epoch, history = -math.inf, None, -1, []
     step, epoch = 0, 0
     while step < budget.steps:
@@ -139,14 +155,17 @@ def train_run(
         epoch += 1
     assert best_state is not None
     model.load_state_dict(best_state, strict=False)
-    metrics = evaluate(model, task, run.task_cfg, datasets["test"], cfg.batch_size, device, amp, gate)
+    test = predict(model, task, datasets["test"], cfg.batch_size, device, amp, gate)
+    metrics = task.score(run.task_cfg, test)
     metrics["val_" + task.selection_metric] = best
     measured = run.measure.enabled and is_main_process()  # other ranks' records are dropped
     efficiency = {}
     if measured:
         with gate.alone():
-            efficiency = measure_model(model, task, run, datasets["train"], device, amp)
-    return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records(), budget.record())
+            efficiency = measure_model(model, task, run, datasets["train"], device)
+    efficiency |= datasets["train"].record()  # the training loop's wait for its batches
+    per_item = task.per_item(run.task_cfg, test)
+    return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records(), budget.record(), per_item)
 
 
 def first_batch(ds: Dataset, run: ResolvedRun, device: torch.device) -> Batch:
@@ -163,26 +182,15 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def measure_model(model: TaskModel, task: Task, run: ResolvedRun, train_ds: Dataset, device: torch.device, amp):
-    batch = first_batch(train_ds, run, device)
-
-    def loss_fn() -> torch.Tensor:
-        with amp():
-            return training_loss(task, model, batch)
-
-    def infer_fn() -> Any:
-        with amp():
-            return model(batch["audio"], batch["visual"])
-
-    return measure_efficiency(
-        model,
-        model.encoder,
-        loss_fn,
-        infer_fn,
-        lambda: torch.optim.AdamW(param_groups(model, run), weight_decay=run.train.weight_decay),
-        inputs=list(batch.values()),
-        batch_size=batch["audio"].shape[0],
-        device=device,
-        warmup=run.measure.warmup,
-        repeats=run.measure.repeats,
-    )
+def measure_model(
+    model: TaskModel, task: Task, run: ResolvedRun, train_ds: Dataset, device: torch.device
+) -> dict[str, Any]:
+    """Every efficiency key of a run's record: its training step on its first batch (as a
+    profile point measures it), then inference throughput on the same batch."""
+    step = TrainingStep.of_run(run, model, task, first_batch(train_ds, run, device))
+    warmup, repeats = run.measure.warmup, run.measure.repeats
+    out = measure_step(step, device, warmup, repeats)
+    out["infer_samples_per_s"] = inference_samples_per_s(step, device, warmup, repeats)
+    if device.type == "cuda":
+        out["cuda_alloc_conf"] = os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    return out

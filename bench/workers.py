@@ -4,13 +4,17 @@ Small models use a second thread poorly (the tiny towers train 1.1-1.25 x faster
 than on one), so on a CPU N runs at once, one core each, finish sooner than N runs in turn.
 Every timing pass still runs alone (bench.gate), a run is the same computation wherever it
 runs (its record gives its threads), and only this process writes records. A worker keeps
-the datasets of its last task, and is given runs of that task first.
+the datasets of its last task, and is given runs of that task first. A worker exits, quietly,
+when this process dies, however it dies.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
+import os
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -27,6 +31,8 @@ from bench.jobs import Context, DataCache, Display, Job, data_key, job_record, r
 from bench.presets import get_preset
 from bench.results import RunRecord, Status
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
 
 class Worker:
     """The parent's handle on one process doing runs, and what that process holds."""
@@ -34,7 +40,8 @@ class Worker:
     def __init__(self, ctx: Any, slot: int, gate: ProcessGate, context: Context, threads: int) -> None:
         self.slot = slot
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve, args=(child, slot, gate, context, threads), daemon=True)
+        args = (child, slot, gate, context, threads, os.getpid())
+        self.process = ctx.Process(target=serve, args=args, daemon=True)
         self.process.start()
         child.close()  # the parent's copy: the pipe reads EOF when the process dies
         self.job: Job | None = None
@@ -125,20 +132,39 @@ def next_job(pending: list[Job], mine: str | None, held: set[str | None], shape:
     return pending[0]
 
 
-def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, threads: int) -> None:
-    """A worker process: do the jobs the parent sends until it sends None."""
+def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, threads: int, parent: int) -> None:
+    """A worker process: do the jobs the parent sends until it sends None. Without its parent
+    (killed, even by SIGKILL, which leaves it no time to stop us) it exits at once and quietly:
+    its run has no one to report to, and reruns next time."""
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the line above
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     torch.set_num_threads(threads)
     gate.slot = slot
     preset, cache = get_preset(context.preset), DataCache()
     warnings.showwarning = lambda message, category, *rest: conn.send(("warning", str(message), category))
-    while (job := conn.recv()) is not None:
-        gate.enter()
-        try:
-            record = run_one(job, preset, cache, context, lambda done, total: conn.send(("step", done, total)), gate)
-        except (ConfigError, DataError) as err:
-            conn.send(("usage", str(err)))
-            return
-        finally:
-            gate.leave()
-        conn.send(("record", record))
+
+    def step(done: int, total: int) -> None:
+        conn.send(("step", done, total))
+
+    try:
+        while (job := conn.recv()) is not None:
+            gate.enter()
+            try:
+                record = run_one(job, preset, cache, context, step, gate)
+            except (ConfigError, DataError) as err:
+                conn.send(("usage", str(err)))
+                return
+            finally:
+                gate.leave()
+            conn.send(("record", record))
+    except (EOFError, ConnectionError):  # the pipe's other end is closed: the parent is gone
+        return
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel send this process SIGKILL when its parent dies; elsewhere a
+    worker notices at its next message, when the pipe breaks."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)

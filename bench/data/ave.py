@@ -20,7 +20,8 @@ from torch.utils.data import Dataset
 
 from bench.data.core import DataShape
 from bench.data.errors import DataError, warn_data
-from bench.data.media import parse_time, prepared_splits, read_lines
+from bench.data.media import Listing, parse_time, prepared_splits, read_lines
+from bench.data.missing import MissingMedia
 
 SEGMENTS = 10
 NUM_EVENTS = 28
@@ -67,8 +68,9 @@ def report_repeats(path: Path, rows: list[Row], splits: dict[str, list[Row]]) ->
                     "every row is kept as an annotation of its own")  # fmt: skip
 
 
-def load_ave(root: Path, shape: DataShape) -> dict[str, Dataset]:
-    """The three AVE splits with a segment `label` [10] target (29 classes)."""
+def load_ave(root: Path, shape: DataShape, missing_media: MissingMedia = "skip") -> dict[str, Dataset]:
+    """The three AVE splits with a segment `label` [10] target (29 classes); listed videos
+    without prepared media are left out or refused as `missing_media` says."""
     annotations = read_annotations(root / "Annotations.txt")
     categories = sorted({r[1] for r in annotations})
     if len(categories) > NUM_EVENTS:
@@ -88,5 +90,5 @@ def load_ave(root: Path, shape: DataShape) -> dict[str, Dataset]:
                 raise DataError(path, f"unknown category {cat!r} (not in Annotations.txt)", line)
             inside = (seg >= start) & (seg < end)
             labels.append(torch.where(inside, index[cat], NUM_EVENTS))
-        prepared[split] = ([r[2] for r in rows], {"label": torch.stack(labels)})
-    return prepared_splits(root, prepared, shape, SEGMENTS)
+        prepared[split] = Listing(path, [r[2] for r in rows], {"label": torch.stack(labels)})
+    return prepared_splits(root, prepared, shape, SEGMENTS, missing_media)

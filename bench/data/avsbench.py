@@ -34,6 +34,7 @@ from bench.data.checks import check_npy, image_size
 from bench.data.core import SPLITS, Batch, DataShape
 from bench.data.errors import DataError, raise_all
 from bench.data.media import audio_tensor, load_array, media_rate, visual_tensor
+from bench.data.missing import Absent, MissingMedia, SplitMedia, leave_out, missing_error
 from bench.frontends import resampler
 
 FRAMES = 5
@@ -123,8 +124,10 @@ def video_errors(video: AvsVideo, rate: int) -> list[DataError]:
 
 
 class AvsBenchDataset(Dataset):
-    def __init__(self, videos: list[AvsVideo], shape: DataShape, rate: int) -> None:
-        self.videos, self.shape, self.rate = videos, shape, rate
+    """`missing`: the listed videos left out for want of media (bench.data.missing)."""
+
+    def __init__(self, videos: list[AvsVideo], shape: DataShape, rate: int, missing: list[str]) -> None:
+        self.videos, self.shape, self.rate, self.missing = videos, shape, rate, missing
         self.resample = resampler(rate, shape.sample_rate)  # filters built once, not per item
 
     def __len__(self) -> int:
@@ -151,11 +154,39 @@ class AvsBenchDataset(Dataset):
         }
 
 
-def load_avsbench(root: Path, variant: str, shape: DataShape) -> dict[str, Dataset]:
-    """The train/val/test splits of S4 (`variant="s4"`) or MS3 (`"ms3"`) under the AVSBench root."""
+def absent_media(video: AvsVideo) -> Path | None:
+    """The video's frames folder or audio file when it is not there: a video without
+    prepared media. (Its other files missing is a broken tree: video_errors.)"""
+    return next((p for p in (video.frames[0].parent, video.audio) if not p.exists()), None)
+
+
+def load_avsbench(
+    root: Path, variant: str, shape: DataShape, missing_media: MissingMedia = "skip"
+) -> dict[str, Dataset]:
+    """The train/val/test splits of S4 (`variant="s4"`) or MS3 (`"ms3"`) under the AVSBench root;
+    listed videos without prepared media are left out or refused as `missing_media` says."""
     folder, meta, data = VARIANTS[variant]
-    splits = read_meta(root / folder / meta, variant)
+    meta_file = root / folder / meta
+    splits = read_meta(meta_file, variant)
     base, rate = root / folder / data, media_rate(root)
-    videos = {split: [video_paths(base, variant, split, v, c) for v, c in rows] for split, rows in splits.items()}
-    raise_all(root / folder, [e for listed in videos.values() for v in listed for e in video_errors(v, rate)])
-    return {split: AvsBenchDataset(listed, shape, rate) for split, listed in videos.items()}
+    present: dict[str, list[AvsVideo]] = {}
+    media: dict[str, SplitMedia] = {}
+    for split, rows in splits.items():
+        present[split], absent = [], []
+        for video, category in rows:
+            paths = video_paths(base, variant, split, video, category)
+            if (gone := absent_media(paths)) is None:
+                present[split].append(paths)
+            else:
+                absent.append(Absent(video, (gone,)))
+        media[split] = SplitMedia(meta_file, len(rows), absent)
+    errors = [e for videos in present.values() for video in videos for e in video_errors(video, rate)]
+    if missing_media == "error" and (refused := missing_error(media)) is not None:
+        errors.insert(0, refused)
+    raise_all(root / folder, errors)
+    for split, split_media in media.items():
+        leave_out(split, split_media)
+    return {
+        split: AvsBenchDataset(videos, shape, rate, [a.video for a in media[split].absent])
+        for split, videos in present.items()
+    }

@@ -43,3 +43,9 @@ class TensorAVDataset(Dataset):
         return [
             {k: v[idx[s : s + batch_size]] for k, v in self.tensors.items()} for s in range(0, len(idx), batch_size)
         ]
+
+
+def split_sizes(datasets: dict[str, Dataset]) -> dict[str, dict[str, int]]:
+    """Per split, the samples it holds and the listed videos it left out for want of prepared
+    media (a real dataset's `missing`; the synthetic sources miss none): what records keep."""
+    return {split: {"samples": len(ds), "missing": len(getattr(ds, "missing", ()))} for split, ds in datasets.items()}

@@ -23,7 +23,8 @@ from torch.utils.data import Dataset
 
 from bench.data.core import DataShape
 from bench.data.errors import DataError, warn_data
-from bench.data.media import parse_time, prepared_splits, read_lines
+from bench.data.media import Listing, parse_time, prepared_splits, read_lines
+from bench.data.missing import MissingMedia
 
 LLP_CLASSES = (
     "Speech", "Car", "Cheering", "Dog", "Cat", "Frying_(food)", "Basketball_bounce", "Fire_alarm", "Chainsaw",
@@ -99,7 +100,9 @@ def youtube_id(filename: str) -> tuple[str, ...]:
     return (head,) if len(times) == 2 and all(t.isdigit() for t in times) else ()
 
 
-def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
+def load_llp(root: Path, shape: DataShape, missing_media: MissingMedia = "skip") -> dict[str, Dataset]:
+    """The three LLP splits; listed videos without prepared media are left out or refused as
+    `missing_media` says."""
     audio_events = _events(root / "AVVP_eval_audio.csv")
     visual_events = _events(root / "AVVP_eval_visual.csv")
     prepared = {}
@@ -117,5 +120,5 @@ def load_llp(root: Path, shape: DataShape) -> dict[str, Dataset]:
         if split != "train":
             targets["gt_audio"] = _segment_gt(audio_events, videos)
             targets["gt_visual"] = _segment_gt(visual_events, videos)
-        prepared[split] = (videos, targets)
-    return prepared_splits(root, prepared, shape, SEGMENTS, aliases=youtube_id)
+        prepared[split] = Listing(path, videos, targets)
+    return prepared_splits(root, prepared, shape, SEGMENTS, missing_media, aliases=youtube_id)

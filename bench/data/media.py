@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from torch.utils.data import Dataset
 from bench.data.checks import check_array, check_npy
 from bench.data.core import Batch, DataShape
 from bench.data.errors import DataError, raise_all
+from bench.data.missing import Absent, MissingMedia, SplitMedia, leave_out, missing_error
 from bench.frontends import resampler
 
 MEDIA_INFO = "media.json"
@@ -75,17 +77,21 @@ def load_array(path: Path, shape: tuple[int | None, ...], dtype: type) -> np.nda
     return x
 
 
-def media_name(root: Path, names: tuple[str, ...]) -> str:
-    """The first of `names` whose frames and audio are both prepared under `root`;
-    else DataError naming the missing file of every candidate."""
+def media_files(root: Path, name: str) -> tuple[Path, Path]:
+    """The prepared frames and audio of the media stored as `name`."""
+    return root / "frames" / f"{name}.npy", root / "audio" / f"{name}.npy"
+
+
+def media_name(root: Path, video: str, names: tuple[str, ...]) -> str | Absent:
+    """The first of `names` whose frames and audio are both prepared under `root`; else the
+    video as Absent, with the first missing file of every name."""
     missing = []
     for name in names:
-        absent = [p for p in (root / "frames" / f"{name}.npy", root / "audio" / f"{name}.npy") if not p.is_file()]
+        absent = [p for p in media_files(root, name) if not p.is_file()]
         if not absent:
             return name
         missing.append(absent[0])
-    also = f"; also looked for {', '.join(map(str, missing[1:]))}" if len(missing) > 1 else ""
-    raise DataError(missing[0], f"missing prepared media file{also} (run `bench data prepare`)")
+    return Absent(video, tuple(missing))
 
 
 def clip_errors(root: Path, name: str, segments: int, rate: int) -> list[DataError]:
@@ -104,13 +110,22 @@ def clip_errors(root: Path, name: str, segments: int, rate: int) -> list[DataErr
 
 class PreparedAVDataset(Dataset):
     """Videos read lazily from the prepared layout, under their media `names`; targets held
-    as tensors [N, ...]. Items have the keys of the synthetic TensorAVDataset items."""
+    as tensors [N, ...]. Items have the keys of the synthetic TensorAVDataset items.
+    `missing`: the listed videos left out for want of media (bench.data.missing)."""
 
     def __init__(
-        self, root: Path, names: list[str], targets: dict[str, torch.Tensor], shape: DataShape, segments: int, rate: int
+        self,
+        root: Path,
+        names: list[str],
+        targets: dict[str, torch.Tensor],
+        shape: DataShape,
+        segments: int,
+        rate: int,
+        missing: list[str],
     ) -> None:
         self.root, self.names, self.targets = root, names, targets
         self.shape, self.segments, self.rate = shape, segments, rate
+        self.missing = missing
         self.resample = resampler(rate, shape.sample_rate)  # filters built once, not per item
 
     def __len__(self) -> int:
@@ -127,35 +142,55 @@ class PreparedAVDataset(Dataset):
         }
 
 
-Split = tuple[list[str], dict[str, torch.Tensor]]  # the videos listed and their targets [N, ...]
+@dataclass(frozen=True)
+class Listing:
+    """A split as its file lists it: the videos, in order, and their targets [N, ...]."""
+
+    file: Path
+    videos: list[str]
+    targets: dict[str, torch.Tensor]
 
 
 def prepared_splits(
     root: Path,
-    splits: dict[str, Split],
+    listings: dict[str, Listing],
     shape: DataShape,
     segments: int,
+    missing_media: MissingMedia,
     aliases: Callable[[str], tuple[str, ...]] = lambda video: (),
 ) -> dict[str, Dataset]:
     """A PreparedAVDataset per split, built once the media of every listed video of every
     split is found and its headers checked (shape, dtype, size); else one DataError naming
-    every bad file. `aliases` gives the other names a video's media may be stored under
-    (tried after the video's own)."""
+    every bad file. A video with absent media is left out of its split or refused, as
+    `missing_media` says (bench.data.missing). `aliases` gives the other names a video's
+    media may be stored under (tried after the video's own)."""
     rate = media_rate(root)
     names: dict[str, str] = {}  # video -> the name its media is stored under
-    errors: list[DataError] = []
-    for video in dict.fromkeys(v for videos, _ in splits.values() for v in videos):
-        try:
-            names[video] = media_name(root, (video, *aliases(video)))
-        except DataError as e:
-            errors.append(e)
-    for name in dict.fromkeys(names.values()):
-        errors += clip_errors(root, name, segments, rate)
-    raise_all(root, errors)
-    return {
-        split: PreparedAVDataset(root, [names[v] for v in videos], targets, shape, segments, rate)
-        for split, (videos, targets) in splits.items()
+    absent: dict[str, Absent] = {}
+    for video in dict.fromkeys(v for listing in listings.values() for v in listing.videos):
+        found = media_name(root, video, (video, *aliases(video)))
+        if isinstance(found, Absent):
+            absent[video] = found
+        else:
+            names[video] = found
+    media = {
+        split: SplitMedia(listing.file, len(listing.videos), [absent[v] for v in listing.videos if v in absent])
+        for split, listing in listings.items()
     }
+    errors = [e for name in dict.fromkeys(names.values()) for e in clip_errors(root, name, segments, rate)]
+    if missing_media == "error" and (refused := missing_error(media)) is not None:
+        errors.insert(0, refused)
+    raise_all(root, errors)
+    for split, split_media in media.items():
+        leave_out(split, split_media)
+    datasets = {}
+    for split, listing in listings.items():
+        kept = [i for i, v in enumerate(listing.videos) if v in names]
+        targets = {k: x[kept] for k, x in listing.targets.items()}
+        left_out = [a.video for a in media[split].absent]
+        names_kept = [names[listing.videos[i]] for i in kept]
+        datasets[split] = PreparedAVDataset(root, names_kept, targets, shape, segments, rate, left_out)
+    return datasets
 
 
 def read_lines(path: Path) -> list[tuple[int, str]]:

@@ -89,14 +89,23 @@ def _mean(values: list[float]) -> float:
     return torch.tensor(values, dtype=torch.float64).mean().item()  # NaN for an empty split, as `miou`
 
 
-def avsbench_scores(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, batch_size: int) -> dict[str, float]:
-    """mIoU and F-score (percent) as AVSBench's test script computes them: one value per
-    batch of `batch_size` consecutive videos [V, T, H, W] (frames marked in `valid`
-    [V, T]), F = 0 for a batch without a non-empty mask, then the mean over batches."""
+def avsbench_batches(
+    logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, batch_size: int
+) -> dict[str, list[float]]:
+    """mIoU and F (fractions) of each batch of `batch_size` consecutive videos [V, T, H, W]
+    (frames marked in `valid` [V, T]), as AVSBench's test script computes them: the batch's
+    mean frame IoU, and the F of its frames pooled (0 for a batch without a non-empty mask)."""
     mious, fs = [], []
     for s in range(0, gt.shape[0], batch_size):
         keep = valid[s : s + batch_size].bool()
         batch_logits, batch_gt = logits[s : s + batch_size][keep], gt[s : s + batch_size][keep]
         mious.append(frame_iou(batch_logits, batch_gt).mean().item())
         fs.append(pooled_f(batch_logits, batch_gt) or 0.0)
-    return {"miou": 100.0 * _mean(mious), "fscore": 100.0 * _mean(fs)}
+    return {"miou": mious, "fscore": fs}
+
+
+def avsbench_scores(logits: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, batch_size: int) -> dict[str, float]:
+    """mIoU and F-score (percent) as AVSBench's test script computes them: the mean over
+    batches of `avsbench_batches`."""
+    batches = avsbench_batches(logits, gt, valid, batch_size)
+    return {"miou": 100.0 * _mean(batches["miou"]), "fscore": 100.0 * _mean(batches["fscore"])}

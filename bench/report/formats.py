@@ -22,7 +22,7 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def latex_escape(text: str) -> str:
-    return text.replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$")
+    return text.replace("_", "\\_").replace("%", "\\%").replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
 
 
 def latex(table: pd.DataFrame) -> str:

@@ -12,7 +12,8 @@ from bench.registry import get_task
 from bench.report.figures import pareto_front
 from bench.report.formats import MIB, save_figure, write_csv, write_markdown_and_latex
 from bench.report.records import latest_per_key
-from bench.report.tables import EFFICIENCY_COLUMNS, mean_std
+from bench.report.stats import marked_best
+from bench.report.tables import EFFICIENCY_COLUMNS, ci_half_width, mean_ci
 
 
 def config_value(record: dict[str, Any], dotted: str) -> Any:
@@ -24,8 +25,10 @@ def config_value(record: dict[str, Any], dotted: str) -> Any:
 
 
 def study_summary(records: list[dict[str, Any]], study: str) -> tuple[pd.DataFrame, list[str]]:
-    """One row per swept point of `study`: metric and efficiency means over distinct seeds (the
-    last record per run key, so a retried trial is not counted twice), or the failure status."""
+    """One row per swept point of `study`: metric and efficiency means and 95 % CI half-widths
+    (`.ci`) over distinct seeds (the last record per run key, so a retried trial is not
+    counted twice), which points a table marks on the selection metric (`.best`), or the
+    failure status."""
     mine = latest_per_key([r for r in records if (r.get("tags") or {}).get("study") == study])
     if not mine:
         return pd.DataFrame(), []
@@ -39,9 +42,13 @@ def study_summary(records: list[dict[str, Any]], study: str) -> tuple[pd.DataFra
         rows.append(row)
     df = pd.DataFrame(rows)
     ok = df[df["status"] == "ok"]
-    numeric = ok.drop(columns=["task", "status"]).groupby(keys, sort=True)
-    out = numeric.mean().drop(columns="seed").join(numeric.std(ddof=0).drop(columns="seed").add_suffix(".std"))
-    out = out.join(numeric["seed"].nunique().rename("seeds"))
+    per_seed = ok.drop(columns=["task", "status"]).groupby([*keys, "seed"], sort=True).mean()
+    points = per_seed.groupby(level=keys, sort=True)
+    out = points.mean().join(points.agg(ci_half_width).add_suffix(".ci")).join(points.size().rename("seeds"))
+    col = f"metric.{get_task(df['task'].iloc[0]).selection_metric}"
+    if col in per_seed:
+        by_seed = [part.droplevel(keys)[col].dropna().to_dict() for _, part in points]
+        out[f"{col}.best"] = marked_best(by_seed)
     failed = df[~df.set_index(keys).index.isin(out.index)].drop_duplicates(keys).set_index(keys)["status"]
     out = pd.concat([out, failed.to_frame()]).sort_index().reset_index()
     out.attrs["task"] = df["task"].iloc[0]
@@ -56,7 +63,7 @@ def ablation_table(summary: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for _, r in summary.iterrows():
         row: dict[str, Any] = {k.split(".", 1)[1]: r[k] for k in keys}
         if col in r and pd.notna(r[col]):
-            row[metric] = mean_std(r[col], r.get(col + ".std", 0.0), int(r["seeds"]))
+            row[metric] = mean_ci(r[col], r.get(col + ".ci", float("nan")))
             row["seeds"] = int(r["seeds"])
         else:
             row[metric], row["seeds"] = r.get("status", "failed"), 0
@@ -76,11 +83,16 @@ def write_study_tables(records: list[dict[str, Any]], out_dir: Path, study: str)
     stem = out_dir / "tables" / f"ablation_{study}"
     metric = get_task(summary.attrs["task"]).selection_metric
     shown = table.map(lambda v: "" if pd.isna(v) else str(v)).astype(object)
-    col = f"metric.{metric}"
-    if col in summary and summary[col].notna().sum() > 1:
-        best = summary[col].idxmax()
-        shown.loc[best, metric] = f"**{shown.loc[best, metric]}**"
-    note = f"\n\nStudy `{study}` ({summary.attrs['task']}); {metric} mean ± std over seeds.\n"
+    marked = f"metric.{metric}.best"
+    if marked in summary:
+        for best in summary.index[summary[marked].eq(True).to_numpy()]:
+            shown.loc[best, metric] = f"**{shown.loc[best, metric]}**"
+    note = (
+        f"\n\nStudy `{study}` ({summary.attrs['task']}); {metric}: mean ± 95 % CI half-width over n seeds "
+        "(Student t; one seed: the value alone). Bold: the best mean alone where the 95 % interval of its "
+        "difference to the runner-up excludes 0 (paired by seed, else Welch's t), otherwise every point tied "
+        "with it.\n"
+    )
     write_markdown_and_latex(stem, shown, shown.map(lambda v: v.replace("**", "")), note)
     write_csv(stem.with_suffix(".csv"), summary)
     return table
@@ -100,7 +112,7 @@ def write_study_figures(
         figures.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(5.5, 4))
         xs, ys = ok["eff.train_mem_bytes_est"] / MIB, ok[f"metric.{metric}"]
-        ax.errorbar(xs, ys, yerr=ok.get(f"metric.{metric}.std"), fmt="o", capsize=3)
+        ax.errorbar(xs, ys, yerr=ok.get(f"metric.{metric}.ci"), fmt="o", capsize=3)  # 95 % CI, as the tables
         for (_, r), x, y in zip(ok.iterrows(), xs, ys, strict=True):
             label = ", ".join(f"{k.split('.', 1)[1]}={r[k]}" for k in keys)
             ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)

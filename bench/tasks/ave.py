@@ -15,9 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from bench.config import unkeyed
+from bench.data.missing import MissingMedia
 from bench.data.synthetic import SHAPES, render_audio, render_visual
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
-from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
+from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, validate_config
 
 NUM_EVENTS = 28
 BACKGROUND = NUM_EVENTS
@@ -25,7 +27,8 @@ BACKGROUND = NUM_EVENTS
 
 @dataclass
 class AveConfig:
-    """Synthetic AVE sizes and difficulty (real data ignores the sizes)."""
+    """Synthetic AVE sizes and difficulty (real data ignores the sizes), and what real data
+    does with listed videos that have no prepared media (bench.data.missing)."""
 
     num_train: int = 400
     num_val: int = 100
@@ -37,8 +40,10 @@ class AveConfig:
     near_miss: float = 1.0  # chance that a distractor shares the event's colour / pitch
     noise: float = 0.15
     head_hidden: int = 128
+    missing_media: MissingMedia = unkeyed("skip")  # real data: listed videos without prepared media
 
     def __post_init__(self) -> None:
+        validate_config(self)
         for name in ("num_train", "num_val", "num_test", "segments", "head_hidden"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"AveConfig.{name} must be > 0, got {getattr(self, name)}")
@@ -155,7 +160,7 @@ class AveTask(Task):
     def real(self, cfg: AveConfig, root: Path, shape: DataShape) -> dict[str, Dataset]:
         from bench.data.ave import load_ave
 
-        return load_ave(root, shape)
+        return load_ave(root, shape, cfg.missing_media)
 
     def head(self, cfg: AveConfig, encoder: AdaptedEncoder) -> nn.Module:
         return AveHead(encoder.audio_dim, encoder.visual_dim, cfg.head_hidden)
@@ -168,6 +173,11 @@ class AveTask(Task):
 
     def score(self, cfg: AveConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:
         return {"accuracy": segment_accuracy(preds["pred"], preds["label"])}
+
+    def per_item(self, cfg: AveConfig, preds: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+        """Per-video segment accuracy: every video has the same T segments ([N, T] tensors),
+        so their mean is the accuracy over all N x T segments."""
+        return {"accuracy": (100.0 * (preds["pred"] == preds["label"]).double().mean(-1)).tolist()}
 
 
 def segment_accuracy(pred: torch.Tensor, label: torch.Tensor) -> float:

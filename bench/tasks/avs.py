@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from bench.config import unkeyed
+from bench.data.missing import MissingMedia
 from bench.data.synthetic import MAX_CLASSES, render_audio, render_visual
-from bench.metrics.avs import avsbench_scores, fscore, miou
+from bench.metrics.avs import avsbench_batches, avsbench_scores, frame_iou, fscore, miou
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, validate_config
 
@@ -31,8 +33,9 @@ FRAMES = 5
 
 @dataclass
 class AvsConfig:
-    """Synthetic AVS sizes and difficulty (real data ignores the sizes), the decoder and
-    the scoring protocol."""
+    """Synthetic AVS sizes and difficulty (real data ignores the sizes), the decoder, the
+    scoring protocol, and what real data does with listed videos that have no prepared
+    media (bench.data.missing)."""
 
     num_train: int = 300
     num_val: int = 100
@@ -45,6 +48,7 @@ class AvsConfig:
     head_width: int = 64
     protocol: Literal["avsbench", "per_video"] = "avsbench"  # how val/test frames are pooled (bench.metrics.avs)
     eval_batch_size: int = 4  # videos per pooled batch under `avsbench` (its test.sh: --test_batch_size 4)
+    missing_media: MissingMedia = unkeyed("skip")  # real data: listed videos without prepared media
 
     def __post_init__(self) -> None:
         validate_config(self)
@@ -158,7 +162,7 @@ class _AvsTask(Task):
     def real(self, cfg: AvsConfig, root: Path, shape: DataShape) -> dict[str, Dataset]:
         from bench.data.avsbench import load_avsbench
 
-        return load_avsbench(root, self.variant, shape)
+        return load_avsbench(root, self.variant, shape, cfg.missing_media)
 
     def head(self, cfg: AvsConfig, encoder: AdaptedEncoder) -> nn.Module:
         return AvsHead(tuple(encoder.map_channels), encoder.audio_dim, cfg.head_width)
@@ -183,6 +187,21 @@ class _AvsTask(Task):
             "miou": miou(preds["logits"], preds["mask"], valid),
             "fscore": fscore(preds["logits"], preds["mask"], valid),
         }
+
+    def per_item(self, cfg: AvsConfig, preds: dict[str, torch.Tensor]) -> dict[str, list[float]] | None:
+        """mIoU per item. `avsbench`: per pooled batch of `eval_batch_size` videos, the score
+        being the mean over batches (the last may hold fewer videos). `per_video`: per video,
+        the mean IoU of its scored frames, whose mean is the mean over frames only where
+        every video has as many scored frames (val and test: all five); None otherwise."""
+        valid = preds["frame_weight"] > 0
+        if cfg.protocol == "avsbench":
+            batches = avsbench_batches(preds["logits"], preds["mask"], valid, cfg.eval_batch_size)
+            return {"miou": [100.0 * v for v in batches["miou"]]}
+        frames = valid.sum(-1)
+        if (frames != frames[0]).any():
+            return None
+        iou = frame_iou(preds["logits"].flatten(0, 1), preds["mask"].flatten(0, 1)).view(valid.shape)
+        return {"miou": (100.0 * (iou.double() * valid).sum(-1) / frames.clamp(min=1)).tolist()}
 
 
 class AvsS4Task(_AvsTask):

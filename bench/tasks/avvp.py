@@ -15,16 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from bench.config import unkeyed
 from bench.data.llp import NUM_CLASSES, load_llp
+from bench.data.missing import MissingMedia
 from bench.data.synthetic import render_audio, render_visual
-from bench.metrics.avvp import METRIC_KEYS, avvp_scores
+from bench.metrics.avvp import METRIC_KEYS, avvp_scores, avvp_video_scores, parse_predictions
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
-from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
+from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, validate_config
 
 
 @dataclass
 class AvvpConfig:
-    """Synthetic AVVP sizes and difficulty (real data ignores the sizes) and the head."""
+    """Synthetic AVVP sizes and difficulty (real data ignores the sizes), the head, and what
+    real data does with listed videos that have no prepared media (bench.data.missing)."""
 
     num_train: int = 400
     num_val: int = 100
@@ -37,8 +40,10 @@ class AvvpConfig:
     noise: float = 0.15
     head_hidden: int = 128
     head_heads: int = 4
+    missing_media: MissingMedia = unkeyed("skip")  # real data: listed videos without prepared media
 
     def __post_init__(self) -> None:
+        validate_config(self)
         for name in ("num_train", "num_val", "num_test", "segments", "head_hidden", "head_heads"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"AvvpConfig.{name} must be > 0, got {getattr(self, name)}")
@@ -153,7 +158,7 @@ class AvvpTask(Task):
         }
 
     def real(self, cfg: AvvpConfig, root: Path, shape: DataShape) -> dict[str, Dataset]:
-        return load_llp(root, shape)
+        return load_llp(root, shape, cfg.missing_media)
 
     def head(self, cfg: AvvpConfig, encoder: AdaptedEncoder) -> nn.Module:
         return AvvpHead(encoder.audio_dim, encoder.visual_dim, cfg.head_hidden, cfg.head_heads)
@@ -172,11 +177,22 @@ class AvvpTask(Task):
         return preds
 
     def score(self, cfg: AvvpConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:
-        if "gt_audio" not in preds:
-            raise ValueError("AVVP scoring needs segment ground truth (gt_audio, gt_visual); the train split has none")
+        _require_ground_truth(preds)
         return avvp_scores(
             preds["video_prob"], preds["audio_prob"], preds["visual_prob"], preds["gt_audio"], preds["gt_visual"]
         )
+
+    def per_item(self, cfg: AvvpConfig, preds: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+        """Per-video segment-level Type@AV: the dataset score is their mean."""
+        _require_ground_truth(preds)
+        pred_a, pred_v = parse_predictions(preds["video_prob"], preds["audio_prob"], preds["visual_prob"])
+        per_video = avvp_video_scores(pred_a, pred_v, preds["gt_audio"], preds["gt_visual"])
+        return {self.selection_metric: (100.0 * per_video[self.selection_metric]).tolist()}
+
+
+def _require_ground_truth(preds: dict[str, torch.Tensor]) -> None:
+    if "gt_audio" not in preds:
+        raise ValueError("AVVP scoring needs segment ground truth (gt_audio, gt_visual); the train split has none")
 
 
 TASK = AvvpTask()

@@ -62,6 +62,12 @@ class Task(ABC):
         """Metric values from the concatenated `predictions` of a whole split, in the
         split's order (a protocol may pool consecutive samples)."""
 
+    def per_item(self, cfg: Any, preds: dict[str, torch.Tensor]) -> dict[str, list[float]] | None:
+        """The selection metric per test item (a video, or a group the protocol pools), in the
+        split's order, whose mean is that `score`: what a bootstrap over the test items of one
+        seed resamples. None (the default) where the metric is no mean over items."""
+        return None
+
     def datasets(self, cfg: Any, shape: DataShape, source: str) -> dict[str, Dataset]:
         if source == "synthetic":
             return self.synthetic(cfg, shape)

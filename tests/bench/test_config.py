@@ -53,3 +53,37 @@ def test_build_section_applies_defaults_then_overrides_and_validates():
     assert (cfg.epochs, cfg.lr) == (3, 0.5)
     with pytest.raises(ConfigError, match="epochs must be > 0"):
         build_section(TrainConfig, "train", {}, parse_overrides(["train.epochs=0"], SECTIONS))
+
+
+@pytest.mark.parametrize("text", ["nan", "inf", "-inf", "NaN", "infinity"])
+def test_a_float_from_the_command_line_must_be_finite(text):
+    with pytest.raises(ConfigError, match=f"train.lr='{text}' is not a finite number"):
+        parse_value(text, float, "train.lr")
+    with pytest.raises(ConfigError, match=f"train.grad_clip='{text}' is not a finite number"):
+        parse_overrides([f"train.grad_clip={text}"], SECTIONS)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"lr": float("nan")}, "TrainConfig.lr must be finite, got nan"),
+        ({"head_lr": float("inf")}, "TrainConfig.head_lr must be finite, got inf"),
+        ({"weight_decay": float("nan")}, "TrainConfig.weight_decay must be finite, got nan"),
+        ({"grad_clip": float("inf")}, "TrainConfig.grad_clip must be finite, got inf"),
+    ],
+)
+def test_a_validated_float_must_be_finite(values, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**values)
+
+
+def test_every_float_a_preset_gives_a_section_must_be_finite():
+    """Presets and method defaults reach a section without parse_value; a section whose own
+    validation says nothing of a float (a task's noise) still refuses a non-finite one."""
+    from bench.tasks.ave import AveConfig
+
+    with pytest.raises(ConfigError, match=r"ave\.noise=inf is not a finite number"):
+        build_section(AveConfig, "ave", {"noise": float("inf")}, [])
+    with pytest.raises(ConfigError, match=r"train\.lr=nan is not a finite number"):
+        build_section(TrainConfig, "train", {"lr": float("nan")}, [])
+    assert build_section(AveConfig, "ave", {"noise": 0.5}, []).noise == 0.5

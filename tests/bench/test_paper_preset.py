@@ -58,7 +58,7 @@ def test_every_method_takes_a_step_on_the_official_checkpoint(checkpoint: Path, 
             audio["layers.2.blocks.5.mlp.fc2.weight"], official["sed_model.layers.2.blocks.5.mlp.fc2.weight"]
         )
     optimizer = step.make_optimizer()
-    loss = step.loss_fn()
+    loss = step.loss()
     loss.backward()
     optimizer.step()
     assert torch.isfinite(loss)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import bench.pretrain as pretrain_mod
 import bench.shipped as shipped_mod
@@ -109,7 +109,7 @@ def _chosen(preset_name: str, **towers: str) -> dict[str, Path | None]:
 
 def test_runs_pick_the_shipped_shared_tower_unless_told_otherwise(tmp_path):
     mine = str(tmp_path / "swin.safetensors")
-    Path(mine).touch()  # towers.* must name an existing file
+    save_file({"w": torch.zeros(1)}, mine)  # towers.* must name an existing, readable checkpoint
     assert _chosen("tiny") == {role: FILES[role] for role in ALL_ROLES}
     assert _chosen("tiny", visual=mine)["shared"] == Path(mine)  # a given visual tower is what LAVisH shares
     assert _chosen("tiny", visual="random")["shared"] is None

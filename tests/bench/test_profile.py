@@ -14,7 +14,7 @@ from bench.cli import main, print_profile
 from bench.profile import Point, ProfileSpec, isolated_point, parse_size, parse_sweep
 from bench.report.formats import MIB
 from bench.report.profile import console_table, display_table, profile_frame, reference_table, with_ratios, write_report
-from bench.results import ResultsStore
+from bench.results import ResultsStore, Status
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILE = ["profile", "--preset", "smoke", "--device", "cpu", "--warmup", "0", "--repeats", "1"]
@@ -141,7 +141,9 @@ def test_a_profile_where_every_point_failed_still_reports(tmp_path):
     each failure, not in a pandas KeyError."""
     spec = ProfileSpec(methods=["mettle", "lavish"], preset="smoke", device="cpu")
     records = [
-        Point(spec, m, 1, 10, "cmd", [], {"sha": "abc", "dirty": False}).record("error", f"ValueError: {m}", {})
+        Point(spec, m, 1, 10, "cmd", [], {"sha": "abc", "dirty": False})
+        .record(Status.ERROR, f"ValueError: {m}", {})
+        .to_dict()
         for m in spec.methods
     ]
     table = display_table(with_ratios(profile_frame(records), spec.reference))

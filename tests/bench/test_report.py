@@ -56,10 +56,11 @@ def test_pareto_front_keeps_non_dominated_points():
     assert pareto_front(points) == [(1.0, 50.0), (3.0, 70.0)]
 
 
-def test_summarize_means_stds_and_ratios_against_lavish():
+def test_summarize_means_intervals_and_ratios_against_lavish():
     s = summarize(RECORDS).set_index("method")
     assert s.loc["mettle", "metric.accuracy"] == pytest.approx(72.0)
-    assert s.loc["mettle", "metric.accuracy.std"] == pytest.approx(2.0)
+    # 70, 74: s = 2 sqrt(2), t_{0.975, 1} = 12.706205, half-width = t s / sqrt(2)
+    assert s.loc["mettle", "metric.accuracy.ci"] == pytest.approx(2 * 12.706205)
     assert s.loc["mettle", "mem_vs_ref"] == pytest.approx(0.25)
     assert s.loc["mettle", "time_vs_ref"] == pytest.approx(0.2)
     assert "full" not in s.index  # failed runs are kept out of the table
@@ -83,12 +84,17 @@ def test_rows_group_by_task_in_first_seen_order_after_a_partial_rerun():
     assert s.attrs["reference"] == "lavish" and list(s["seeds"]) == [2, 1, 1, 1, 1, 1]
 
 
-def test_tables_mark_the_best_and_write_three_formats(tmp_path):
+def test_tables_mark_tied_methods_and_write_three_formats(tmp_path):
+    """Two seeds each: mettle's +11 over lavish (10, 12) has a 95 % interval of +-12.71, which
+    includes 0, so both are bold."""
     table = write_tables(RECORDS, tmp_path)
     assert list(table["method"]) == ["lavish", "mettle"]
     md = (tmp_path / "tables" / "results.md").read_text()
-    assert "**72.00 ± 2.00**" in md and "Ratios are relative to `lavish`" in md
-    assert "\\textbf{72.00 $\\pm$ 2.00}" in (tmp_path / "tables" / "results.tex").read_text()
+    assert "| **61.00 ± 12.71** |  |" in md and "| **72.00 ± 25.41** | +11.00 ± 12.71 |" in md
+    assert "Ratios are relative to `lavish`" in md
+    assert "mean ± 95 % CI half-width over n seeds (Student t" in md
+    tex = (tmp_path / "tables" / "results.tex").read_text()
+    assert "\\textbf{72.00 $\\pm$ 25.41} & +11.00 $\\pm$ 12.71" in tex and "$\\Delta$ vs lavish" in tex
     assert "metric.accuracy" in (tmp_path / "tables" / "results.csv").read_text()
 
 
@@ -168,11 +174,11 @@ def test_a_row_is_one_method_at_one_config_labelled_by_what_differs(tmp_path):
     assert list(zip(table["method"], table["config"], table["seeds"], table["value"], strict=True)) == [
         ("frozen", "train.head_lr=0.1", 1, "0.00"),
         ("frozen", "train.head_lr=0.001", 1, "12.50"),
-        ("lavish", "", 2, "61.00 ± 1.00"),
+        ("lavish", "", 2, "61.00 ± 12.71"),
     ]
     assert list(table["mem / ref"]) == [0.25, 0.25, 1.0]
     md = (tmp_path / "tables" / "results.md").read_text()
-    assert "| ave | frozen | train.head_lr=0.001 | 1 | accuracy | 12.50 |" in md
+    assert "| ave | frozen | train.head_lr=0.001 | 1 | accuracy | **12.50** | -47.50 |" in md  # one seed: tied
     assert "config" in (tmp_path / "tables" / "results.csv").read_text().splitlines()[0]
     assert "config" not in write_tables(RECORDS, tmp_path)  # one config per method: no column
 
@@ -189,7 +195,7 @@ def test_a_repeated_run_counts_once_its_latest_record():
     first, second = _record("mettle", 0, 70.0, 100.0, 0.1), _record("mettle", 1, 74.0, 100.0, 0.1)
     s = summarize([first, dict(first), second]).iloc[0]
     assert s["seeds"] == 2 and s["metric.accuracy"] == pytest.approx(72.0)
-    assert s["metric.accuracy.std"] == pytest.approx(2.0)
+    assert s["metric.accuracy.ci"] == pytest.approx(2 * 12.706205)
     rerun = first | {"metrics": {"accuracy": 80.0}}
     assert summarize([first, second, rerun]).iloc[0]["metric.accuracy"] == pytest.approx(77.0)
     keyed = [r | {"key": "k0"} for r in (first, rerun)]  # a stored key is used as it is
@@ -263,9 +269,9 @@ def test_table_and_plot_skip_a_record_lacking_fields_with_one_warning(tmp_path, 
         assert f"{tmp_path / 'runs.jsonl'} line 4: not a run record: lacks metrics" in err
         assert err.count("warning:") == 2 and "line 2: not a JSON record" in err
     md = (tmp_path / "tables" / "results.md").read_text()
-    assert (
-        "| ave | lavish | 2 | accuracy | 61.00 ± 1.00 |" in md and "| ave | mettle | 1 | accuracy | **74.00** |" in md
-    )
+    # mettle's one seed cannot be told apart from lavish: both bold; it shares seed 1 with lavish (62)
+    assert "| ave | lavish | 2 | accuracy | **61.00 ± 12.71** |  |" in md
+    assert "| ave | mettle | 1 | accuracy | **74.00** | +12.00 |" in md
 
 
 def test_a_rerun_candidate_is_chosen_on_its_latest_record():

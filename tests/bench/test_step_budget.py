@@ -1,24 +1,20 @@
 """Equal-compute training (`train.budget=flops`) on the smoke preset: step counts, validation
-points, the record, and FLOP counting that leaves the model as it was."""
+points and the record (counting a step's FLOPs is bench.measure.flops, tested with it)."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import pytest
-import torch
 
 import bench.step_budget
-from bench.build import build_model
 from bench.cli import main
 from bench.config import ConfigError
+from bench.measure import TrainingStep
 from bench.plan import RunPlan, resolve
 from bench.presets import get_preset
 from bench.registry import get_task
 from bench.results import ResultsStore
 from bench.runner import execute
-from bench.tasks.base import TaskModel
-from bench.train import first_batch, train_run
+from bench.train import train_run
 
 # smoke: 16 training samples in batches of 8 -> 2 steps per epoch; 2 epochs -> the reference takes 4 steps
 SMOKE = ["train.epochs=2", "measure.enabled=false"]
@@ -29,10 +25,10 @@ FAKE_FLOPS = {"MettleEncoder": 2_000_000, "PooledTowersEncoder": 1_600_000, "Lav
 def fake_flops(monkeypatch: pytest.MonkeyPatch) -> None:
     """A training step's FLOPs by encoder class (the reference, Mettle, counted the same way)."""
 
-    def step_flops(model: TaskModel, task, batch, amp) -> int:
-        return FAKE_FLOPS[type(model.encoder).__name__]
+    def flops(step: TrainingStep) -> int:
+        return FAKE_FLOPS[type(step.model.encoder).__name__]
 
-    monkeypatch.setattr(bench.step_budget, "step_flops", step_flops)
+    monkeypatch.setattr(bench.step_budget, "flops", flops)
 
 
 def test_methods_with_different_step_flops_take_steps_in_the_inverse_ratio(tmp_path, fake_flops) -> None:
@@ -61,21 +57,6 @@ def test_the_epochs_budget_keeps_the_preset_epochs() -> None:
     outcome = train_run(run, get_preset("smoke"), datasets, on_step=lambda done, total: steps.append((done, total)))
     assert outcome.budget == {"kind": "epochs", "steps": 4, "steps_per_epoch": 2, "epochs": 2.0}
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)] and len(outcome.val_history) == 2
-
-
-def test_counting_a_step_leaves_the_model_as_it_was() -> None:
-    """LAVisH has BatchNorm statistics and the HTS-AT tower draws SpecAugment masks: counting a
-    step must not move either, nor leave gradients behind."""
-    (run,) = resolve(RunPlan(["lavish"], ["ave"], "smoke", device="cpu", overrides=SMOKE))
-    task = get_task("ave")
-    model = build_model(run, get_preset("smoke"), task).model
-    batch = first_batch(task.synthetic(run.task_cfg, get_preset("smoke").shape)["train"], run, torch.device("cpu"))
-    buffers = {n: b.clone() for n, b in model.named_buffers()}
-    rng = torch.get_rng_state()
-    assert bench.step_budget.step_flops(model, task, batch, nullcontext) > 0
-    assert torch.equal(torch.get_rng_state(), rng)
-    assert all(torch.equal(b, buffers[n]) for n, b in model.named_buffers())
-    assert all(p.grad is None for p in model.parameters())
 
 
 def test_an_unknown_budget_reference_exits_2_before_any_work(tmp_path, capsys) -> None:

@@ -1,12 +1,16 @@
 """Runs in parallel processes: the same records as one run after another on one thread, in plan
-order, a worker that dies costs only its run, usage errors still stop the command, and a worker
-is given runs on the datasets it already holds."""
+order, a worker that dies costs only its run, usage errors still stop the command, a worker
+is given runs on the datasets it already holds, and no worker outlives the command."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +32,9 @@ from bench.runner import execute
 from bench.workers import next_job, run_in_processes
 
 QUICK = ["train.epochs=1"]
+REPO = Path(__file__).resolve().parents[2]
+PARALLEL = ["run", "--methods", "frozen,full", "--tasks", "ave", "--preset", "smoke", "--device", "cpu"]
+PARALLEL += ["--seeds", "0,1", "--workers", "2"]
 
 
 @contextmanager
@@ -140,3 +147,86 @@ def test_a_bad_workers_value_exits_2(value: str, expected: str, tmp_path: Path, 
     assert code == 2
     assert expected in capsys.readouterr().err
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+class Command:
+    """`python -m bench` in a process of its own, its stderr read to the end in a thread: the end
+    comes when every process holding it (the command, its workers) has exited."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        self.err: list[bytes] = []
+        self.reader = threading.Thread(target=lambda: self.err.append(self.proc.stderr.read()), daemon=True)
+        self.reader.start()
+
+    def wait_for_records(self, path: Path, count: int) -> None:
+        deadline = time.monotonic() + 300
+        while not (path.exists() and path.read_bytes().count(b"\n") >= count):
+            assert self.proc.poll() is None and time.monotonic() < deadline, b"".join(self.err).decode()
+            time.sleep(0.05)
+
+    def children(self) -> list[int]:
+        return [pid for pid in _pids() if _stat(pid)[1] == self.proc.pid]
+
+    def stderr(self, timeout: float) -> str:
+        """Everything written to stderr, once every process holding it has exited within `timeout`."""
+        self.reader.join(timeout)
+        assert not self.reader.is_alive(), "a process of the command is still running"
+        return b"".join(self.err).decode()
+
+
+def _pids() -> list[int]:
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+
+
+def _stat(pid: int) -> tuple[str, int]:
+    """(state, parent pid) of a process; ("X", 0) once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return "X", 0
+    return fields[0], int(fields[1])
+
+
+def _running(pids: list[int]) -> list[int]:
+    return [pid for pid in pids if _stat(pid)[0] not in ("X", "Z")]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_killing_the_command_leaves_no_worker_behind(tmp_path: Path) -> None:
+    """SIGKILL to `run --workers 2` mid-run: its workers exit at once, without a traceback
+    (they used to finish their runs as orphans and die on a broken pipe)."""
+    command = Command([*PARALLEL, "--out", str(tmp_path)])
+    workers: list[int] = []
+    try:
+        command.wait_for_records(tmp_path / "runs.jsonl", 1)
+        workers = command.children()
+        assert len(workers) >= 2  # the workers, and multiprocessing's resource tracker
+        command.proc.kill()
+        command.proc.wait()
+        err = command.stderr(timeout=5)
+        assert not _running(workers)
+        assert "Traceback" not in err and "BrokenPipeError" not in err
+    finally:
+        for pid in _running(workers):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path: Path) -> None:
+    """SIGTERM mid-run: the interrupted message, exit code 143 (128 + 15), no traceback, the
+    finished records kept whole, and no worker left."""
+    command = Command([*PARALLEL, "--out", str(tmp_path)])
+    command.wait_for_records(tmp_path / "runs.jsonl", 1)
+    command.proc.terminate()
+    assert command.proc.wait(timeout=60) == 128 + signal.SIGTERM
+    err = command.stderr(timeout=5)
+    assert "interrupted: finished runs are kept; rerun the same command to resume" in " ".join(err.split())
+    assert "Traceback" not in err
+    report = ResultsStore(tmp_path).load()
+    assert 1 <= len(report.records) < 4 and not report.bad_lines
+    assert all(r["status"] == "ok" for r in report.records)

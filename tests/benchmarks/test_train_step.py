@@ -22,7 +22,7 @@ def test_train_step_tiny(benchmark, method):
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        step.loss_fn().backward()
+        step.loss().backward()
         optimizer.step()
 
     benchmark.extra_info.update(method=method, preset="tiny", batch_size=run.train.batch_size)

@@ -109,9 +109,13 @@ def test_ave_bad_lines(tmp_path: Path, file: str, text: str, match: str) -> None
 
 def test_ave_missing_files(tmp_path: Path) -> None:
     ave_tree(tmp_path, header=True)
-    (tmp_path / "audio" / "vidC.npy").unlink()
-    with pytest.raises(DataError, match=r"audio/vidC.npy: missing prepared media"):
+    (tmp_path / "audio" / "vidC.npy").unlink()  # vidC: the only video of val (and of test)
+    with pytest.raises(DataError) as err:
         load_ave(tmp_path, SHAPE)
+    assert str(err.value) == (
+        f"{tmp_path / 'valSet.txt'}: the val split has no video with prepared media "
+        "(1 listed; first 'vidC': audio/vidC.npy not found)"
+    )
     (tmp_path / "media.json").unlink()
     with pytest.raises(DataError, match=r"media.json: missing: not a tree written by `bench data prepare`"):
         load_ave(tmp_path, SHAPE)
@@ -265,10 +269,12 @@ def test_llp_finds_media_under_the_csv_name_or_the_youtube_id(tmp_path: Path) ->
     for sub in ("frames", "audio"):
         (tmp_path / sub / "a_b-c_d.npy").unlink()
     with pytest.raises(DataError) as err:
-        load_llp(tmp_path, SHAPE)
+        load_llp(tmp_path, SHAPE, missing_media="error")
     assert str(err.value) == (
-        f"{tmp_path / 'frames/a_b-c_d_30_40.npy'}: missing prepared media file; also looked for "
-        f"{tmp_path / 'frames/a_b-c_d.npy'} (run `bench data prepare`)"
+        f"{tmp_path / 'frames/a_b-c_d_30_40.npy'}: missing prepared media of video 'a_b-c_d_30_40' (also looked "
+        f"for {tmp_path / 'frames/a_b-c_d.npy'}), listed in AVVP_test_pd.csv (test); 1 listed video(s) have none "
+        "(train 0, val 0, test 1) and missing_media=error refuses them (prepare them, or set missing_media=skip "
+        "to leave them out)"
     )
 
 

@@ -1,0 +1,124 @@
+"""`bench run`: train, select on val, test and measure methods on tasks."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+from bench.cli.args import (
+    DEFAULT_OUT,
+    DEVICES,
+    PRESET_HELP,
+    UsageError,
+    check_seeds,
+    csv,
+    preset_name,
+    run_workers,
+    seeds,
+)
+from bench.cli.command import Command
+from bench.cli.console import print_summary
+
+
+def add_arguments(run: argparse.ArgumentParser) -> None:
+    run.add_argument(
+        "--plan", type=Path, default=None, help="an experiment file (e.g. bench/plans/reference.toml); flags win"
+    )
+    run.add_argument("--methods", type=csv, default=None, help="comma-separated method names (default: mettle,lavish)")
+    run.add_argument("--tasks", type=csv, default=None, help="comma-separated task names (default: all)")
+    run.add_argument("--preset", type=preset_name, default=None, help=PRESET_HELP + " (default: tiny)")
+    run.add_argument("--seeds", type=seeds, default=None, help="comma-separated seeds (default: 0)")
+    run.add_argument("--device", default="auto", choices=DEVICES)
+    run.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    run.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        metavar="TASK=PATH",
+        help="real data for a task (prepared directory); synthetic otherwise",
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.lr=1e-3 or mettle.num_tokens=4",
+    )
+    run.add_argument(
+        "--tune",
+        default=None,
+        metavar="KEY=V1,V2",
+        help="give every method the same candidates (e.g. train.lr=3e-4,1e-3,3e-3); tables keep, per method, "
+        "the candidate with the best mean rank of its val metric over the tasks",
+    )
+    run.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    run.add_argument(
+        "--workers",
+        type=run_workers,
+        default=None,
+        metavar="N",
+        help="runs at once, each in its own process with its share of the cores; timing passes run alone "
+        "(default: auto, one per core on a CPU, 1 on a GPU)",
+    )
+
+
+def data_sources(items: list[str], tasks: list[str]) -> dict[str, str]:
+    sources = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--data {item!r}: expected TASK=PATH")
+        task, path = item.split("=", 1)
+        if task not in tasks:
+            raise UsageError(f"--data {item!r}: task {task!r} is not among the tasks run ({', '.join(tasks)})")
+        sources[task] = path
+    return sources
+
+
+def execute(args: argparse.Namespace, console: Console) -> int:
+    from bench.device import distributed, is_main_process
+    from bench.plan import PlanFile, RunPlan, load_plan, resolve
+    from bench.registry import task_names
+    from bench.report import write_figures, write_tables
+    from bench.runner import execute as execute_plan
+
+    file = load_plan(args.plan) if args.plan else PlanFile(Path())
+    tasks = args.tasks or file.tasks or task_names()
+    if args.tune and file.candidates:
+        raise UsageError("--tune and a plan's [candidates] both give candidates: use one")
+    plan = RunPlan(
+        methods=args.methods or file.methods or ["mettle", "lavish"],
+        tasks=tasks,
+        preset=args.preset or file.preset or "tiny",  # a plan's preset is checked by resolve
+        seeds=args.seeds or check_seeds(file.seeds or [0], f"--plan {args.plan}"),
+        device=args.device,
+        source=data_sources(args.data, tasks),
+        overrides=[*file.overrides, *args.overrides],
+        force=args.force,
+        tags={"plan": str(args.plan)} if args.plan else {},
+        candidates=file.candidates,
+        tune=args.tune,
+        command=args.command_line,
+        workers=args.workers,
+    )
+    runs = resolve(plan)  # usage errors surface before any work
+    with distributed(args.device):
+        records = execute_plan(plan, args.out, console if is_main_process() else Console(quiet=True), runs=runs)
+    if not is_main_process():
+        return 0
+    table = write_tables(records, args.out)
+    figures = write_figures(records, args.out)
+    print_summary(table, console)
+    console.print(
+        f"records: {args.out / 'runs.jsonl'}; tables: {args.out / 'tables'}; "
+        f"figures: {', '.join(str(f) for f in figures) or 'none'}"
+    )
+    failed = [r for r in records if r["status"] != "ok"]
+    for r in failed:
+        console.print(f"[red]{r['status']}[/] {r['method']} / {r['task']} / seed {r['seed']}: {r['error']}")
+    return 1 if failed else 0
+
+
+COMMAND = Command("run", "train, select on val, test and measure methods on tasks", add_arguments, execute)
