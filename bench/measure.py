@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.build import param_groups
 from bench.config import ResolvedRun
-from bench.tasks.base import Batch, Task, TaskModel
+from bench.tasks.base import Batch, Task, TaskModel, training_loss
 
 StepFn = Callable[[], torch.Tensor]  # runs forward + loss, returns the loss
 Amp = Callable[[], AbstractContextManager[Any]]  # a fresh autocast (or no-op) context per step
@@ -75,7 +75,7 @@ class TrainingStep:
 
     def loss(self) -> torch.Tensor:
         with self.amp():
-            return self.task.loss(self.model(self.batch["audio"], self.batch["visual"]), self.batch)
+            return training_loss(self.task, self.model, self.batch)
 
     def infer(self) -> Any:
         with self.amp():

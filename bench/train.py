@@ -27,7 +27,7 @@ from bench.presets import Preset
 from bench.registry import get_task
 from bench.schedule import build_scheduler
 from bench.step_budget import StepBudget, step_budget
-from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset
+from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset, training_loss
 
 
 class NonFiniteLoss(RuntimeError):
@@ -160,7 +160,7 @@ def train_run(
                 last = i % k == group - 1
                 with nullcontext() if last or trained is model else trained.no_sync():
                     with amp():
-                        loss = task.loss(trained(batch["audio"], batch["visual"]), batch)
+                        loss = training_loss(task, trained, batch)
                     if i % k == 0:
                         optimizer.zero_grad(set_to_none=True)
                     (loss * (scale / group)).backward()  # the group's mean loss
