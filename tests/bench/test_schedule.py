@@ -92,7 +92,7 @@ def test_the_optimizer_is_the_configured_one_with_the_methods_rates() -> None:
         ("train.step_size=0", "TrainConfig.step_size must be > 0, got 0"),
         ("train.accumulate=0", "TrainConfig.accumulate must be > 0, got 0"),
         ("train.gamma=1.5", "TrainConfig.gamma must be in (0, 1], got 1.5"),
-        ("train.gamma=nan", "TrainConfig.gamma must be in (0, 1], got nan"),
+        ("train.gamma=nan", "train.gamma='nan' is not a finite number"),
         ("train.gamma=0", "TrainConfig.gamma must be in (0, 1], got 0.0"),
         ("train.warmup_steps=-1", "TrainConfig.warmup_steps must be >= 0, got -1"),
         ("train.patience=-2", "TrainConfig.patience must be >= 0, got -2"),
