@@ -17,6 +17,7 @@ from bench.data.core import DataShape, split_sizes
 from bench.data.errors import DataError
 from bench.device import resolve_device
 from bench.gate import Gate
+from bench.gpus import gpu_of
 from bench.presets import Preset, get_preset
 from bench.registry import get_method, get_task
 from bench.results import Kind, RunRecord, Status, environment, run_key
@@ -86,10 +87,14 @@ class DataCache:
         return self._datasets
 
 
-def run_serially(jobs: list[Job], context: Context, display: Display) -> Iterator[tuple[Job, RunRecord]]:
-    """Each job in turn in this process, with its threads."""
+def run_serially(
+    jobs: list[Job], context: Context, display: Display, take: Callable[[Job], bool] = lambda job: True
+) -> Iterator[tuple[Job, RunRecord]]:
+    """Each job that `take` gives this command (bench.claims) in turn in this process, with its threads."""
     preset, cache = get_preset(context.preset), DataCache()
     for job in jobs:
+        if not take(job):
+            continue
         display.start(0, job.label)
         record = run_one(job, preset, cache, context, lambda done, total: display.step(0, done, total))
         display.stop(0)
@@ -157,7 +162,8 @@ def job_record(
     """`splits`: per split, the samples the run used and the listed videos left out (bench.data.core.split_sizes)."""
     run = job.run
     data = (run.data.record() if run.data is not None else {}) | ({"splits": splits} if splits else {})
-    env = environment(resolve_device(run.device))
+    device = resolve_device(run.device)
+    env = environment(device) | gpu_of(device)
     if context.workers > 1:
         env["workers"] = context.workers  # timed alone (bench.gate), but trained next to other runs
     return RunRecord(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.claims import DEFAULT_TIMEOUT_S
 from bench.config import (
     BASE_SECTIONS,
     ConfigError,
@@ -116,6 +117,7 @@ class RunPlan:
     tune: str | None = None  # "section.key=v1,v2,...": the same candidates for every method
     command: str | None = None  # the command line that asked for these runs; every record keeps it
     workers: int | None = 1  # runs at once, each in a process of its own (bench.workers); None: one per core
+    claim_timeout: float = DEFAULT_TIMEOUT_S  # seconds without a heartbeat before a run's claim is taken over
 
     def candidates_of(self, method: str) -> list[Candidate]:
         if self.tune:

@@ -112,7 +112,7 @@ def test_auto_is_one_run_per_core_on_a_cpu_and_one_at_a_time_under_torchrun(monk
     assert check_workers(None, "cpu") == 6 and check_workers(3, "cpu") == 3
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert check_workers(None, "cpu") == 1
-    with pytest.raises(ConfigError, match="--workers 2: parallel runs are for the CPU; on CUDA or under torchrun"):
+    with pytest.raises(ConfigError, match="--workers 2: under torchrun the processes do one run together; use --w"):
         check_workers(2, "cpu")
 
 
