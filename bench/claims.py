@@ -21,7 +21,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,12 +73,11 @@ class Claims:
         while generations := self.generations(key):
             newest = generations[-1]
             try:
-                data = json.loads(self._path(key, newest).read_text())
+                return newest, Holder(**json.loads(self._path(key, newest).read_text()))
             except FileNotFoundError:  # released or taken over while we looked: look again
                 continue
-            except ValueError:  # unreadable (never written by this module): as good as dead
-                data = {"host": "?", "pid": 0, "token": "", "heartbeat": 0.0}
-            return newest, Holder(**data)
+            except (ValueError, TypeError):  # not written by this module: as good as dead
+                return newest, Holder("?", 0, "", 0.0)
         return None
 
     def stale(self, holder: Holder) -> bool:
@@ -201,16 +200,18 @@ class Share(Solo):
     it takes the runs it can claim, leaves those others hold, and at the end waits for them,
     taking over any whose holder died."""
 
-    def __init__(self, claims: Claims, store: ResultsStore, known: Iterable[dict[str, Any]], console: Console) -> None:
-        self.claims, self.store, self.console = claims, store, console
-        self.known = {r["run_id"] for r in known if "run_id" in r}  # records not written by others meanwhile
+    def __init__(self, claims: Claims, store: ResultsStore, known: Sequence[dict[str, Any]], console: Console) -> None:
         super().__init__()
+        self.claims, self.store, self.console = claims, store, console
+        self.start = len(known)  # the store's records when this command read it; later ones are appended after
+        self.mine: set[str] = set()  # run_id of the records this command wrote
         self.elsewhere: dict[str, Job] = {}  # run key -> a run another command holds
         self.poll_s = min(self.claims.timeout / 4, 5.0)
 
     def _recorded_by_others(self) -> dict[str, dict[str, Any]]:
-        """Run key -> the latest record another command wrote since this one started."""
-        return {r["key"]: r for r in self.store.load().records if r.get("run_id") not in self.known and "key" in r}
+        """Run key -> the latest record another command wrote since this one read the store."""
+        since = self.store.load().records[self.start :]
+        return {r["key"]: r for r in since if "key" in r and r.get("run_id") not in self.mine}
 
     def take(self, job: Job) -> bool:
         """Whether this command does the run now: it claimed it, and no one recorded it meanwhile."""
@@ -229,7 +230,7 @@ class Share(Solo):
     def keep(self, job: Job, record: RunRecord) -> bool:
         """Whether to append the record: not when another command recorded the run meanwhile
         (it took the claim over while this one was stalled past the timeout)."""
-        self.known.add(record.run_id)
+        self.mine.add(record.run_id)
         return job.key not in self._recorded_by_others()
 
     def release(self, job: Job) -> None:
@@ -263,7 +264,7 @@ class Share(Solo):
             yield
 
 
-def open_share(out_dir: Path, timeout: float, known: Iterable[dict[str, Any]], console: Console) -> Solo:
+def open_share(out_dir: Path, timeout: float, known: Sequence[dict[str, Any]], console: Console) -> Solo:
     """Claims for a command that may share OUT with others; none under torchrun, whose ranks
     all do every run of their command (one rank must not leave a run to another)."""
     from bench.device import world_size  # here: the CLI imports this module for its defaults, and stays light

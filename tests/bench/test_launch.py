@@ -10,6 +10,7 @@ import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -51,29 +52,36 @@ def test_on_cuda_auto_is_one_worker_per_visible_gpu_and_n_takes_the_first_n(four
 
 
 def test_each_gpu_worker_process_sees_only_its_own_gpu(four_gpus: None) -> None:
-    """Three workers on GPUs 3, 5 and 6 (the runs themselves on the CPU): read from each
-    process's birth environment, mid-run; the command's own environment is left as it was."""
-    seen: list[dict[int, str]] = []
+    """Two workers, on the first two GPUs (their runs on the CPU), read from each process's
+    birth environment once both are given a run; the command's own environment is left as it was."""
+    seen: dict[int, str] = {}
+
+    class Seen(Exception):
+        """Enough: the workers are stopped, as when a command is interrupted."""
 
     class Spy(Display):
-        def step(self, slot: int, done: int, total: int) -> None:
-            if not seen:
-                seen.append(
-                    {p.pid: birth_environment(p.pid).get(VISIBLE, "") for p in multiprocessing.active_children()}
-                )
+        def start(self, slot: int, label: str) -> None:
+            if slot == 1:
+                children = multiprocessing.active_children()
+                seen.update({p.pid: birth_environment(p.pid).get(VISIBLE, "") for p in children})
+                raise Seen
 
-    runs = resolve(RunPlan(["frozen"], ["ave"], "smoke", seeds=[0, 1, 2], device="cpu"))
+    runs = resolve(RunPlan(["frozen"], ["ave"], "smoke", seeds=[0, 1], device="cpu"))
     jobs = [Job(i, run, f"key{i}") for i, run in enumerate(runs)]
-    with Progress(disable=True) as progress:
-        done = list(
-            run_in_processes(jobs, Context("smoke", {}, None, 3), Spy(progress), 3, gpus=worker_gpus("cuda", 3))
-        )
-    assert sorted(seen[0].values()) == ["3", "5", "6"]  # one process per GPU
-    assert sorted(r.status for _, r in done) == ["ok"] * 3
+    with Progress(disable=True) as progress, pytest.raises(Seen):
+        list(run_in_processes(jobs, Context("smoke", {}, None, 2), Spy(progress), 2, gpus=worker_gpus("cuda", 2)))
+    assert sorted(seen.values()) == ["3", "5"]  # one process per GPU, each seeing its own only
     assert os.environ[VISIBLE] == "3,5,6,7" and not torch.cuda.is_initialized()
+    assert not multiprocessing.active_children()
 
 
 def birth_environment(pid: int) -> dict[str, str]:
+    """The environment a spawned process was started with, once it runs its own program (until
+    its exec, a forked child shows its parent's)."""
+    deadline = time.monotonic() + 60
+    while b"spawn_main" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
     entries = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     return dict(e.decode().split("=", 1) for e in entries if b"=" in e)
 
