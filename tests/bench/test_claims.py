@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
 PLAN = """preset = "smoke"
 tasks = ["ave", "avvp"]
 seeds = [0, 1, 2]
-set = ["train.epochs=1"]
+set = ["train.epochs=1", "measure.enabled=false"]
 
 [candidates]
 frozen = [[]]

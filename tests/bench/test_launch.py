@@ -29,7 +29,7 @@ from bench.workers import run_in_processes
 
 REPO = Path(__file__).resolve().parents[2]
 PLAN = ["run", "--methods", "frozen,full", "--tasks", "ave", "--preset", "smoke", "--seeds", "0,1", "--device", "cpu"]
-PLAN += ["--workers", "1", "--set", "train.epochs=1"]
+PLAN += ["--workers", "1", "--set", "train.epochs=1", "--set", "measure.enabled=false"]
 
 
 @pytest.fixture
