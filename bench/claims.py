@@ -10,7 +10,9 @@ holder was killed, or its machine lost) is taken over by creating the next gener
 again only one taker can do; the run is redone, and a run that left a checkpoint resumes from
 it. A run's claim is removed after its record is written, and a claimant reads the records
 again once it holds a claim, so a run recorded meanwhile is never redone. Heartbeats are wall
-clock times: machines sharing a folder need clocks synchronised well within the timeout.
+clock times: machines sharing a folder need clocks synchronised well within the timeout. On
+the holder's own machine a claim whose process is gone is stale at once (a killed command's
+runs are taken over without waiting).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Holder:
     pid: int
     token: str  # this process's claims, whatever pid another host gives its own
     heartbeat: float
+    machine: str = ""  # where `pid` means this process (bench.claims.machine); "" when unknown
 
     def describe(self) -> str:
         return f"{self.host} pid {self.pid}"
@@ -57,6 +60,7 @@ class Claims:
         self.folder = Path(out_dir) / CLAIMS_DIR
         self.timeout = timeout
         self.host, self.pid, self.token = socket.gethostname(), os.getpid(), uuid.uuid4().hex
+        self.machine = machine()
         self._held: dict[str, int] = {}  # run key -> the generation this process holds
         self._lock = threading.Lock()  # the heartbeat thread reads _held while runs take and release
 
@@ -81,7 +85,10 @@ class Claims:
         return None
 
     def stale(self, holder: Holder) -> bool:
-        return time.time() - holder.heartbeat > self.timeout
+        """Silent past the timeout, or, seen from the holder's own machine, its process is gone."""
+        if time.time() - holder.heartbeat > self.timeout:
+            return True
+        return bool(holder.machine) and holder.machine == self.machine and not _alive(holder.pid)
 
     def acquire(self, key: str) -> bool:
         """Claim the run: True when this process now holds it, as a new claim or a stale one taken over."""
@@ -144,7 +151,7 @@ class Claims:
                 self.release(key)
 
     def _content(self) -> str:
-        return json.dumps(asdict(Holder(self.host, self.pid, self.token, time.time())))
+        return json.dumps(asdict(Holder(self.host, self.pid, self.token, time.time(), self.machine)))
 
     def _temporary(self, key: str, generation: int) -> Path:
         return self.folder / f".{key}.{generation}.{self.token}.tmp"  # hidden from generations()
@@ -160,6 +167,26 @@ class Claims:
             return False
         finally:
             tmp.unlink(missing_ok=True)
+
+
+def machine() -> str:
+    """This boot of this machine and this process's pid namespace: where a claim's pid can be
+    looked up (containers sharing a hostname may not see each other's processes); "" off Linux."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 class Solo:

@@ -1,8 +1,9 @@
 """Claims on a shared results folder: a claim is created whole and by one claimant only, a live
 holder's runs are left to it, a stale claim is taken over by exactly one of several takers, the
 heartbeat keeps a claim alive past the timeout, and a released claim is free again. End to end:
-two commands on one OUT do each run of a 12-run plan once, and when one is killed the other
-finishes its runs after the claim timeout."""
+two commands on one OUT do each run of a 12-run plan once, and when one is killed (SIGKILL)
+the other finishes its runs too: at once on their machine, where the killed pid is seen gone,
+and after the claim timeout from another machine (the heartbeat tests above)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,18 @@ def test_a_live_holder_keeps_its_run_and_a_stale_one_loses_it(tmp_path: Path) ->
     assert claim_files(tmp_path) == ["k.1"] and other.holder("k")[1].token == other.token
     holder.refresh()  # the stalled holder wakes up: the claim is no longer its own to renew
     assert holder.held() == [] and other.holder("k")[1].token == other.token
+
+
+def test_a_claim_whose_process_is_gone_is_stale_at_once_on_its_machine_only(tmp_path: Path) -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(gone.stdout)
+    other = Claims(tmp_path, timeout=60)
+    (tmp_path / "claims").mkdir()
+    for key, machine in (("here", other.machine), ("elsewhere", "another-boot/pid:[1]")):
+        holder = {"host": other.host, "pid": pid, "token": "t", "heartbeat": time.time(), "machine": machine}
+        (tmp_path / "claims" / f"{key}.0").write_text(json.dumps(holder))
+    assert other.machine and other.acquire("here")  # a killed command on this machine: taken at once
+    assert not other.acquire("elsewhere")  # a pid of another machine (or container) says nothing here
 
 
 def test_the_heartbeat_keeps_a_claim_alive_and_its_end_releases_it(tmp_path: Path) -> None:
@@ -212,7 +225,7 @@ def test_two_commands_on_one_folder_do_each_run_once(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="kills a process")
-def test_when_one_command_is_killed_the_other_does_its_runs_after_the_claim_timeout(tmp_path: Path) -> None:
+def test_when_one_command_is_killed_the_other_does_its_runs(tmp_path: Path) -> None:
     (victim, survivor), out, keys = plan_commands(tmp_path)
     claims = Claims(out)
     try:
