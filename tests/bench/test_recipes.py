@@ -162,6 +162,15 @@ def test_missing_recipes_are_named_by_method_task_and_file(recipes):
     assert "dgsct on ave" not in message
 
 
+def test_the_shipped_recipes_cover_every_pair_but_lavish_on_avvp_and_ms3():
+    """The issue's command for lavish, dgsct and mettle on the four tasks names exactly the two
+    pairs no paper released a recipe for."""
+    plan = RunPlan(["lavish", "dgsct", "mettle"], ["ave", "avvp", "avs_s4", "avs_ms3"], "smoke", recipe="official")
+    with pytest.raises(ConfigError) as err:
+        resolve(plan)
+    assert re.findall(r"no recipe for (\w+) on (\w+)", str(err.value)) == [("lavish", "avvp"), ("lavish", "avs_ms3")]
+
+
 def test_cli_exits_2_naming_the_missing_shipped_recipe(capsys):
     code = main(["run", "--methods", "lavish", "--tasks", "avvp", "--preset", "smoke", "--recipe", "official"])
     out = capsys.readouterr()
