@@ -26,6 +26,7 @@ from bench.jobs import job_key
 from bench.plan import RunPlan, load_plan, resolve
 from bench.recipe import RECIPES_DIR, load_recipe, shipped_names
 from bench.registry import get_method, get_task, task_names
+from bench.report import paper_table, summarize
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
 ALLOWED_TASK_KEYS = {"head", "segments"}  # the published head, and the segments per video
@@ -202,6 +203,20 @@ def test_the_record_keeps_the_recipe_and_the_key_only_its_overrides(recipes):
     (commented,) = resolve(RunPlan(["dgsct"], ["ave"], "smoke", recipe="official"))
     assert job_key(commented) == job_key(run)
     assert commented.tags["recipe_sha256"] != run.tags["recipe_sha256"]
+
+
+def test_tables_show_the_recipe_of_each_row():
+    def record(method: str, seed: int, tags: dict[str, str]) -> dict:
+        config = {"train": {"lr": 5e-4 if tags else 1e-3}}
+        return {"method": method, "task": "ave", "preset": "smoke", "source": "synthetic", "seed": seed,
+                "status": "ok", "config": config, "metrics": {"accuracy": 50.0 + seed}, "efficiency": {},
+                "tags": tags}  # fmt: skip
+
+    recipe = {"recipe": "dgsct_ave", "recipe_sha256": "0123456789abcdef" * 4}
+    records = [record("dgsct", seed, recipe) for seed in (0, 1)] + [record("lavish", 0, {})]
+    table = paper_table(summarize(records)).set_index("method")
+    assert table.loc["dgsct", "recipe"] == "dgsct_ave (01234567)"
+    assert table.loc["lavish", "recipe"] == ""
 
 
 @pytest.mark.parametrize(
