@@ -5,8 +5,9 @@ task are errors naming the file; the record keeps the recipe's name and hash, th
 the overrides it applies, and the tables show it.
 
 The mechanism is tested on recipe files written in tmp_path; the published heads (`head` of a
-task's config) arrive in their own change, so a shipped recipe that sets one is resolved only
-where this version's task config has the field."""
+task's config) arrive in their own change: where this version's task config lacks `head`, a
+shipped recipe is resolved from a copy without that line, and resolving the shipped file itself
+is an error naming it (that test skips once the field is there)."""
 
 from __future__ import annotations
 
