@@ -54,6 +54,13 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         help="give every method the same candidates (e.g. train.lr=3e-4,1e-3,3e-3); tables keep, per method, "
         "the candidate with the best mean rank of its val metric over the tasks",
     )
+    run.add_argument(
+        "--recipe",
+        default=None,
+        metavar="official|NAME",
+        help="official: each method's published recipe for the task (bench/recipes/<method>_<task>.toml); NAME: "
+        "that recipe (bench/recipes/NAME.toml) for every method; applied before --set, which wins",
+    )
     run.add_argument("--force", action="store_true", help="rerun runs that already finished")
     run.add_argument(
         "--keep-checkpoints",
@@ -108,6 +115,7 @@ def execute(args: argparse.Namespace, console: Console) -> int:
         command=args.command_line,
         workers=args.workers,
         keep_checkpoints=args.keep_checkpoints,
+        recipe=args.recipe or file.recipe,
     )
     runs = resolve(plan)  # usage errors surface before any work
     with distributed(args.device):
