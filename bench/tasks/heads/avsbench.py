@@ -18,6 +18,8 @@ Where this differs from the official code:
   never run; it is not built here (`top` is the unit that runs);
 - the official upsamples each fusion output by a factor 2, so every level must be exactly twice
   the next; here it goes to the next level's size (the same values where it is twice);
+- the official MS3 term pools the 224 x 224 logits; here the decoder's own (4x the finest map),
+  which are the frame-size logits only where the finest map has stride 4 (the presets' towers);
 - kept as the official computes them: the fusion's ReLU is in place there, so a residual unit's
   skip adds relu(x) (and the TPAVI outputs that the MS3 loss reads are rectified); TPAVI's output
   BatchNorm starts at zero, so TPAVI starts as LayerNorm(x) and its projections get no gradient
