@@ -28,7 +28,12 @@ SMALL = {"num_train": 3, "num_val": 4, "num_test": 2}  # videos per split: secon
 EVAL_BATCH = 2  # the val and test splits are scored over several batches, as the runner does
 PERCENT = (0.0, 100.0)  # the range of every metric a registered task reports
 # a task's other heads (its config's switch), each run through the same contract
-HEAD_VARIANTS = {"ave": [["ave.head=cmbs"]], "avvp": [["avvp.head=han"]]}
+HEAD_VARIANTS = {
+    "ave": [["ave.head=cmbs"]],
+    "avvp": [["avvp.head=han"]],
+    "avs_s4": [["avs_s4.head=avsbench"]],
+    "avs_ms3": [["avs_ms3.head=avsbench"]],
+}
 VARIANTS = [(name, []) for name in task_names()] + [
     (name, extra) for name, variants in HEAD_VARIANTS.items() for extra in variants
 ]
