@@ -41,6 +41,7 @@ from bench.device import check_workers, resolve_device
 from bench.presets import get_preset
 from bench.registry import METHODS, TASKS, get_method, get_task, task_names
 from bench.tasks.base import Task
+from bench.tracking import Tracking
 from bench.weights import resolve as resolve_weights
 
 Candidate = tuple[str, ...]  # `section.key=value` overrides
@@ -117,6 +118,7 @@ class RunPlan:
     command: str | None = None  # the command line that asked for these runs; every record keeps it
     workers: int | None = 1  # runs at once, each in a process of its own (bench.workers); None: one per core
     keep_checkpoints: bool = False  # keep OUT/checkpoints/<run key> once the run has its record
+    tracking: Tracking = field(default_factory=Tracking)  # experiment trackers (`--log`, bench.tracking)
 
     def candidates_of(self, method: str) -> list[Candidate]:
         if self.tune:
