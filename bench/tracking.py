@@ -62,6 +62,15 @@ class Tracker(ABC):
     def __init__(self, tracking: Tracking) -> None:
         self.tracking = tracking
 
+    @classmethod
+    def problem(cls) -> str | None:
+        """What keeps this tracker from working here, checked before any run starts, or None."""
+        try:
+            importlib.import_module(cls.module)
+        except ImportError:
+            return f"needs the {cls.module} package: pip install 'mettle-bench[{cls.extra}]'"
+        return None
+
     @abstractmethod
     def start(self, key: str, config: dict[str, Any], step: int) -> None:
         """Open the run `key` (training resumes after `step` batches: anything a previous
@@ -100,6 +109,18 @@ class WandbTracker(Tracker):
     its entity, mode (WANDB_MODE=offline) and API key come from the environment as W&B reads them."""
 
     module, extra = "wandb", "wandb"
+    LOCAL_MODES = ("offline", "disabled", "dryrun")  # WANDB_MODE values that need no account
+
+    @classmethod
+    def problem(cls) -> str | None:
+        """Besides the package, an account unless the mode is local: a run must not stop at a login prompt."""
+        if (missing := super().problem()) is not None or os.environ.get("WANDB_MODE") in cls.LOCAL_MODES:
+            return missing
+        import wandb
+
+        if not wandb.login(prompt=False, verify=False):
+            return "is not logged in to W&B: run `wandb login`, set WANDB_API_KEY, or set WANDB_MODE=offline"
+        return None
 
     def start(self, key: str, config: dict[str, Any], step: int) -> None:
         import wandb
@@ -137,16 +158,11 @@ def tracker_names(text: str) -> tuple[str, ...]:
     return names
 
 
-def check_installed(names: tuple[str, ...]) -> None:
-    """Every tracker asked for can be used, or a usage error names the extra to install."""
+def check_trackers(names: tuple[str, ...]) -> None:
+    """Every tracker asked for can be used, or a usage error says what it lacks (the extra to install)."""
     for name in names:
-        cls = TRACKERS[name]
-        try:
-            importlib.import_module(cls.module)
-        except ImportError:
-            raise ConfigError(
-                f"--log {name} needs the {cls.module} package: pip install 'mettle-bench[{cls.extra}]'"
-            ) from None
+        if (problem := TRACKERS[name].problem()) is not None:
+            raise ConfigError(f"--log {name} {problem}")
 
 
 class RunObserver:

@@ -12,16 +12,16 @@ from bench.cli.args import (
     DEVICES,
     PRESET_HELP,
     UsageError,
+    add_tracking_arguments,
     check_seeds,
     csv,
     preset_name,
-    require_positive,
     run_workers,
     seeds,
+    tracking_of,
 )
 from bench.cli.command import Command
 from bench.cli.console import print_summary
-from bench.tracking import DEFAULT_EVERY, DEFAULT_PROJECT, Tracking, check_installed, tracker_names
 
 
 def add_arguments(run: argparse.ArgumentParser) -> None:
@@ -62,22 +62,7 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep each run's checkpoint (OUT/checkpoints/<run key>) after its record is written",
     )
-    run.add_argument(
-        "--log",
-        type=trackers,
-        default=(),
-        metavar="TRACKERS",
-        help="experiment trackers, comma-separated: tensorboard (OUT/tensorboard/<run key>), wandb "
-        "(optional extras of the same names); default none",
-    )
-    run.add_argument("--wandb-project", default=DEFAULT_PROJECT, help="the W&B project of --log wandb's runs")
-    run.add_argument(
-        "--log-every",
-        type=int,
-        default=DEFAULT_EVERY,
-        metavar="N",
-        help="batches between two train-loss points of the trackers (each reads the loss from the device)",
-    )
+    add_tracking_arguments(run)
     run.add_argument(
         "--workers",
         type=run_workers,
@@ -86,13 +71,6 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         help="runs at once, each in its own process with its share of the cores; timing passes run alone "
         "(default: auto, one per core on a CPU, 1 on a GPU)",
     )
-
-
-def trackers(text: str) -> tuple[str, ...]:
-    try:
-        return tracker_names(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def data_sources(items: list[str], tasks: list[str]) -> dict[str, str]:
@@ -114,8 +92,7 @@ def execute(args: argparse.Namespace, console: Console) -> int:
     from bench.report import write_figures, write_tables
     from bench.runner import execute as execute_plan
 
-    require_positive(args, "log_every")
-    check_installed(args.log)
+    tracking = tracking_of(args)
     file = load_plan(args.plan) if args.plan else PlanFile(Path())
     tasks = args.tasks or file.tasks or task_names()
     if args.tune and file.candidates:
@@ -135,7 +112,7 @@ def execute(args: argparse.Namespace, console: Console) -> int:
         command=args.command_line,
         workers=args.workers,
         keep_checkpoints=args.keep_checkpoints,
-        tracking=Tracking(args.log, project=args.wandb_project, every=args.log_every),
+        tracking=tracking,
     )
     runs = resolve(plan)  # usage errors surface before any work
     with distributed(args.device):

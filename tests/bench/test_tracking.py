@@ -238,3 +238,14 @@ def test_a_missing_tracker_package_exits_2_naming_its_extra(name: str, tmp_path:
     err = " ".join(capsys.readouterr().err.split())
     assert f"--log {name} needs the {name} package: pip install 'mettle-bench[{name}]'" in err
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+def test_wandb_online_without_an_account_exits_2_before_any_run(tmp_path: Path, monkeypatch, capsys) -> None:
+    """No login prompt in the middle of a run: without WANDB_MODE=offline an account must be set up."""
+    for name in ("WANDB_MODE", "WANDB_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    assert main(["run", "--methods", "frozen", *SMOKE, "--out", str(tmp_path / "out"), "--log", "wandb"]) == 2
+    assert "--log wandb is not logged in to W&B: run `wandb login`" in " ".join(capsys.readouterr().err.split())
+    assert not (tmp_path / "out").exists()
