@@ -153,7 +153,10 @@ def run_one(
     observer = context.tracking.observer(job.key, run) if is_main_process() else None
 
     def progress(done: int, total: int) -> None:
-        on_step(done, total, *((observer.epoch, observer.loss) if observer is not None else (None, None)))
+        if observer is None:
+            on_step(done, total, None, None)
+        else:
+            on_step(done, total, observer.epoch, observer.loss)
 
     with observer or nullcontext():  # one that ends without a record closes its trackers
         try:
