@@ -44,6 +44,7 @@ from bench.presets import get_preset
 from bench.recipe import applied, recipes_for
 from bench.registry import METHODS, TASKS, get_method, get_task, task_names
 from bench.tasks.base import Task
+from bench.tracking import Tracking
 from bench.weights import resolve as resolve_weights
 
 Candidate = tuple[str, ...]  # `section.key=value` overrides
@@ -125,6 +126,7 @@ class RunPlan:
     workers: int | None = 1  # runs at once, each in a process of its own (bench.workers); None: one per core
     keep_checkpoints: bool = False  # keep OUT/checkpoints/<run key> once the run has its record
     recipe: str | None = None  # "official" or a recipe's name (bench.recipe): overrides before `overrides`
+    tracking: Tracking = field(default_factory=Tracking)  # experiment trackers (`--log`, bench.tracking)
 
     def candidates_of(self, method: str) -> list[Candidate]:
         if self.tune:

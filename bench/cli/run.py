@@ -12,11 +12,13 @@ from bench.cli.args import (
     DEVICES,
     PRESET_HELP,
     UsageError,
+    add_tracking_arguments,
     check_seeds,
     csv,
     preset_name,
     run_workers,
     seeds,
+    tracking_of,
 )
 from bench.cli.command import Command
 from bench.cli.console import print_summary
@@ -67,6 +69,7 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep each run's checkpoint (OUT/checkpoints/<run key>) after its record is written",
     )
+    add_tracking_arguments(run)
     run.add_argument(
         "--workers",
         type=run_workers,
@@ -96,6 +99,7 @@ def execute(args: argparse.Namespace, console: Console) -> int:
     from bench.report import write_figures, write_tables
     from bench.runner import execute as execute_plan
 
+    tracking = tracking_of(args)
     file = load_plan(args.plan) if args.plan else PlanFile(Path())
     tasks = args.tasks or file.tasks or task_names()
     if args.tune and file.candidates:
@@ -116,6 +120,7 @@ def execute(args: argparse.Namespace, console: Console) -> int:
         workers=args.workers,
         keep_checkpoints=args.keep_checkpoints,
         recipe=args.recipe or file.recipe,
+        tracking=tracking,
     )
     runs = resolve(plan)  # usage errors surface before any work
     with distributed(args.device):
