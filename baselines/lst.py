@@ -91,7 +91,8 @@ class LstConfig:
             raise ValueError(f"LstConfig.r={self.r!r} must be an integer >= 1")
         if not isinstance(self.gate_init, int | float) or isinstance(self.gate_init, bool):
             raise ValueError(f"LstConfig.gate_init={self.gate_init!r} must be a number")
-        if not isinstance(self.gate_temperature, int | float) or not self.gate_temperature > 0:
+        temperature = self.gate_temperature
+        if not isinstance(temperature, int | float) or isinstance(temperature, bool) or not temperature > 0:
             raise ValueError(f"LstConfig.gate_temperature={self.gate_temperature!r} must be a number > 0")
 
 

@@ -34,8 +34,9 @@ def unkeyed(default: Any) -> Any:
 
 def keyed_when_set(default: Any) -> Any:
     """A field added after runs were recorded, whose default computes exactly what those runs
-    computed: stored (and so in the run key) only when it differs from the default, so that
-    the recorded runs keep their keys and configs and a rerun of them skips."""
+    computed: stored (and so in the run key) only when it, or another such field of its
+    section, differs from its default, so that the recorded runs keep their keys and configs
+    and a rerun of them skips."""
     return field(default=default, metadata={"keyed": "when_set"})
 
 
@@ -52,12 +53,25 @@ class TrainConfig:
     # at its default config) spends in those epochs, so that cheap steps buy more of them.
     budget: Literal["epochs", "flops"] = "epochs"
     budget_reference: str = "lavish"
+    # adamw: decoupled weight decay; adam: torch's Adam, whose weight decay is an L2 term in the gradient
+    optimizer: Literal["adamw", "adam"] = keyed_when_set("adamw")
+    # the learning rate's multiplier at each optimizer step (bench.schedule): constant; step: times
+    # `gamma` every `step_size` epochs (the official AVE recipes: 3 / 0.35); cosine: half a cosine
+    # from 1 to 0 over the run's optimizer steps. `warmup_steps` ramps it up linearly first.
+    schedule: Literal["constant", "step", "cosine"] = keyed_when_set("constant")
+    step_size: int = keyed_when_set(3)  # epochs
+    gamma: float = keyed_when_set(0.35)
+    warmup_steps: int = keyed_when_set(0)  # optimizer steps
+    accumulate: int = keyed_when_set(1)  # batches whose gradients add up to one optimizer step
+    patience: int = keyed_when_set(0)  # stop after this many epochs without a better val selection metric; 0: never
     # DataLoader worker processes reading real data; None: chosen from the run's cores (bench.data.loader)
     loader_workers: int | None = unkeyed(None)
 
     def __post_init__(self) -> None:
-        _positive(self, "epochs", "batch_size", "lr", "head_lr")
-        _non_negative(self, "weight_decay", "grad_clip")
+        _positive(self, "epochs", "batch_size", "lr", "head_lr", "step_size", "accumulate")
+        _non_negative(self, "weight_decay", "grad_clip", "warmup_steps", "patience")
+        if not 0 < self.gamma <= 1:  # also refuses NaN
+            raise ConfigError(f"TrainConfig.gamma must be in (0, 1], got {self.gamma!r}")
         if self.loader_workers is not None:
             _non_negative(self, "loader_workers")
         _choices(self)
@@ -219,17 +233,16 @@ def _is_finite(value: Any) -> bool:
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
-    """A config section as records store it: every field but the `unkeyed` ones and the
-    `keyed_when_set` ones at their default."""
+    """A config section as records store it: every field but the `unkeyed` ones, and the
+    `keyed_when_set` ones only where one of them differs from its default (a run that uses
+    them says all of them, e.g. a step schedule's step size and gamma at their defaults)."""
     if not dataclasses.is_dataclass(cfg):
         return dict(cfg)
     values = dataclasses.asdict(cfg)
-    return {
-        f.name: values[f.name]
-        for f in dataclasses.fields(cfg)
-        if f.metadata.get("keyed", True) is True
-        or (f.metadata.get("keyed") == "when_set" and values[f.name] != f.default)
-    }
+    fields = dataclasses.fields(cfg)
+    added = [f for f in fields if f.metadata.get("keyed") == "when_set"]
+    any_set = any(values[f.name] != f.default for f in added)  # then the record says all of them
+    return {f.name: values[f.name] for f in fields if f.metadata.get("keyed", True) is True or (f in added and any_set)}
 
 
 @dataclass

@@ -22,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.build import param_groups
 from bench.config import ResolvedRun
-from bench.tasks.base import Batch, Task, TaskModel
+from bench.tasks.base import Batch, Task, TaskModel, training_loss
 
 StepFn = Callable[[], torch.Tensor]  # runs forward + loss, returns the loss
 Amp = Callable[[], AbstractContextManager[Any]]  # a fresh autocast (or no-op) context per step
@@ -36,10 +36,14 @@ def autocast_for(amp: str, device: torch.device) -> Amp:
     return nullcontext
 
 
+OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
+
+
 def run_optimizer(model: TaskModel, run: ResolvedRun) -> torch.optim.Optimizer:
-    """The optimiser a run trains with: AdamW over the method's and the head's groups (the
-    training-memory estimate counts its two states per trainable parameter)."""
-    return torch.optim.AdamW(param_groups(model, run), weight_decay=run.train.weight_decay)
+    """The optimiser a run trains with (`train.optimizer`, AdamW or Adam) over the method's
+    and the head's groups; either keeps two states per trainable parameter, which the
+    training-memory estimate counts."""
+    return OPTIMIZERS[run.train.optimizer](param_groups(model, run), weight_decay=run.train.weight_decay)
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class TrainingStep:
 
     def loss(self) -> torch.Tensor:
         with self.amp():
-            return self.task.loss(self.model(self.batch["audio"], self.batch["visual"]), self.batch)
+            return training_loss(self.task, self.model, self.batch)
 
     def infer(self) -> Any:
         with self.amp():

@@ -11,6 +11,7 @@ from bench.tasks.base import Task
 from mettle_core.interface import MethodEntry, Registry, UnknownNameError
 
 METHOD_PLACES = {
+    "avmoe": "baselines.avmoe:METHOD",
     "dgsct": "baselines.dgsct:METHOD",
     "frozen": "baselines.frozen:METHOD",
     "full": "baselines.full:METHOD",

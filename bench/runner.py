@@ -4,17 +4,18 @@ appends one record each. A failure ends that run with a status, never the sweep.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bench.checkpoint import interrupts
 from bench.claims import open_share
 from bench.config import ResolvedRun
 from bench.device import check_workers, is_main_process, threads_per_worker
 from bench.gpus import worker_gpus
-from bench.jobs import Context, Display, Job, job_key, run_serially
+from bench.jobs import Context, Display, Job, job_checkpoint, job_key, progress_bars, run_serially
 from bench.plan import RunPlan, resolve
 from bench.presets import get_preset
 from bench.pretrain import ensure_shipped
@@ -58,25 +59,20 @@ def execute(
         todo.append(job)
     processes = min(check_workers(plan.workers, plan.device), len(todo)) or 1
     gpus = worker_gpus(plan.device, processes)
-    context = Context(plan.preset, git_state(out_dir), plan.command, processes)
+    checkpoints = out_dir / "checkpoints"
+    tracking = replace(plan.tracking, out=out_dir, display=console.is_terminal)  # a terminal's lines show the loss
+    context = Context(plan.preset, git_state(out_dir), plan.command, processes, checkpoints, tracking)
+    for job in todo:
+        if (checkpoint := job_checkpoint(job, checkpoints)).exists():
+            console.print(f"resume {job.label} from {checkpoint.path}")
     if gpus:
         console.print(f"{len(todo)} runs, one per GPU on GPUs {', '.join(gpus)}")
     elif processes > 1:
         threads = threads_per_worker(processes)
         console.print(f"{len(todo)} runs, {processes} at a time with {threads} thread(s) each; timing passes run alone")
     share = open_share(out_dir, plan.claim_timeout, report.records, console)  # other commands on this OUT
-    with (
-        share.held(),
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress,
-    ):
-        overall = progress.add_task("runs", total=len(runs), completed=len(records))
+    with interrupts(plan.command), share.held(), progress_bars(console) as progress:
+        overall = progress.add_task("runs", total=len(runs), completed=len(records), state="")
         display = Display(progress)
 
         def run(jobs: list[Job]) -> Iterator[tuple[Job, RunRecord]]:
@@ -87,6 +83,8 @@ def execute(
         for job, record in share.rounds(todo, run):
             if is_main_process() and share.keep(job, record):  # under torchrun every rank has the same record
                 store.append(record)
+                if not plan.keep_checkpoints:
+                    job_checkpoint(job, checkpoints).remove()
             share.release(job)
             records[job.index] = record.to_dict()
             if on_record is not None:

@@ -29,11 +29,13 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 from rich.console import Console
 
+from bench.checkpoint import RunInterrupted
 from bench.config import ConfigError, parse_value
 from bench.device import threads_per_worker
 from bench.plan import RunPlan, all_sections
 from bench.registry import get_task
 from bench.runner import execute
+from bench.tracking import Tracking
 
 HEARTBEAT_ATTR = "bench:heartbeat"
 MAX_RETRY = 3  # a trial that keeps killing its worker is given up after this many retries
@@ -65,6 +67,7 @@ class SweepSpec:
     study: str = ""
     device: str = "auto"
     command: str | None = None  # the sweep's command line, kept in every run record
+    tracking: Tracking = field(default_factory=Tracking)  # each trial's runs' trackers (`--log`)
 
     def __post_init__(self) -> None:
         if not self.grid:
@@ -228,8 +231,13 @@ def make_objective(spec: SweepSpec, out: Path, console: Console) -> Callable[[Tr
             force=True,  # a point shared with another study or an earlier run is rerun and tagged here
             tags={"study": spec.study, "trial": str(trial.number), "swept": ",".join(spec.grid)},
             command=spec.command,
+            tracking=spec.tracking,
         )
-        records = execute(plan, out, console)
+        try:
+            records = execute(plan, out, console)
+        except RunInterrupted:  # optuna fails the trial; its point is queued again, for the rerun to resume
+            trial.study.enqueue_trial(params)
+            raise
         trial.set_user_attr("run_ids", [r["run_id"] for r in records])
         if failed := [r for r in records if r["status"] != "ok"]:
             trial.set_user_attr("status", failed[0]["status"])

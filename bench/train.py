@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -15,6 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from bench.build import build_model
+from bench.checkpoint import RunCheckpoint, RunInterrupted, StopRequests, TrainState, restore, snapshot
 from bench.config import ResolvedRun
 from bench.data.loader import RunSplit, run_splits
 from bench.device import is_main_process, resolve_device, shard, to_device
@@ -22,8 +25,10 @@ from bench.gate import Gate
 from bench.measure import TrainingStep, autocast_for, inference_samples_per_s, measure_step, run_optimizer
 from bench.presets import Preset
 from bench.registry import get_task
-from bench.step_budget import step_budget
-from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset
+from bench.schedule import build_scheduler
+from bench.step_budget import StepBudget, step_budget
+from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset, training_loss
+from bench.tracking import RunObserver
 
 
 class NonFiniteLoss(RuntimeError):
@@ -102,12 +107,20 @@ def train_run(
     datasets: dict[str, Dataset],
     on_step: Callable[[int, int], None] | None = None,
     gate: Gate | None = None,
+    checkpoint: RunCheckpoint | None = None,
+    observer: RunObserver | None = None,
 ) -> RunOutcome:
     """Train for the run's step budget (the preset's epochs, or the reference method's
     training FLOPs), validating at each epoch end and after the last, possibly partial,
-    epoch; keep the state with the best val selection metric, report test metrics with it,
-    then measure efficiency on one training batch, alone on the machine (`gate`) when other
-    runs share it."""
+    epoch, and stopping early after `patience` epochs without a better val selection metric;
+    keep the state with the best one, report test metrics with it, then measure efficiency on
+    one training batch, alone on the machine (`gate`) when other runs share it.
+
+    With a `checkpoint` (bench.checkpoint), training is saved at every epoch end and, on
+    SIGTERM or SIGINT, at the next optimizer step, then RunInterrupted is raised; a run that
+    finds its checkpoint continues from it and ends as it would have uninterrupted. An
+    `observer` (bench.tracking) gets each batch's loss, still on the device, with the
+    learning rates, and each epoch's val selection metric."""
     gate = gate or Gate()
     task = get_task(run.task)
     device = resolve_device(run.device)
@@ -123,41 +136,69 @@ def train_run(
     gen = torch.Generator().manual_seed(run.seed)
     datasets = run_splits(datasets, cfg.batch_size, gen, cfg.loader_workers, device)  # one loader per split
     steps_per_epoch = math.ceil(len(datasets["train"]) / cfg.batch_size)
-    first = partial(first_batch, datasets["train"], run, device)
-    budget = step_budget(run, preset, task, model, first, steps_per_epoch)
-    best, best_state, best_epoch, history = -math.inf, None, -1, []
-    step, epoch = 0, 0
-    while step < budget.steps:
-        model.train()
-        for batch in iterate(datasets["train"], cfg.batch_size, True, gen):
-            gate.checkpoint()
-            batch, scale = shard(to_device(batch, device))
-            with amp():
-                loss = task.loss(trained(batch["audio"], batch["visual"]), batch)
-            optimizer.zero_grad(set_to_none=True)
-            (loss * scale).backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
-            optimizer.step()
-            step += 1
-            if on_step is not None:
-                on_step(step, budget.steps)
-            if step == budget.steps:
-                break
-        if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"loss is {loss.item()} after epoch {epoch}")
-        scores = evaluate(model, task, run.task_cfg, datasets["val"], cfg.batch_size, device, amp, gate)
-        val = scores[task.selection_metric]
-        history.append(val)
-        if val > best:
-            best, best_epoch = val, epoch
-            best_state = trainable_state(model)
-        epoch += 1
-    assert best_state is not None
-    model.load_state_dict(best_state, strict=False)
+    saved = checkpoint.load() if checkpoint is not None else None
+    if saved is None:
+        first = partial(first_batch, datasets["train"], run, device)
+        budget = step_budget(run, preset, task, model, first, steps_per_epoch)
+    else:
+        budget = StepBudget(**saved["budget"])
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch, budget.steps)
+    state = TrainState() if saved is None else restore(saved, model, optimizer, scheduler, gen, device)
+
+    def save(shuffle: torch.Tensor) -> None:
+        if checkpoint is not None and is_main_process():  # under torchrun the ranks' states are equal
+            checkpoint.save(snapshot(model, optimizer, scheduler, state, shuffle, budget, device))
+
+    k = cfg.accumulate
+    if observer is not None:
+        observer.start(state.step)
+    with StopRequests() as stop:
+        while state.step < budget.steps and not state.patience_spent(cfg.patience):
+            model.train()
+            epoch_start = gen.get_state()
+            # every epoch but the last is whole: the batches of this one, and those done already
+            batches = min(steps_per_epoch, budget.steps - state.epoch * steps_per_epoch)
+            done = state.step - state.epoch * steps_per_epoch
+            for i, batch in enumerate(datasets["train"].read(skip=done), start=done):
+                gate.checkpoint()
+                batch, scale = shard(to_device(batch, device))
+                group = min(k, batches - i + i % k)  # batches of this optimizer step: k, or an epoch's last few
+                last = i % k == group - 1
+                with nullcontext() if last or trained is model else trained.no_sync():
+                    with amp():
+                        loss = training_loss(task, trained, batch)
+                    if i % k == 0:
+                        optimizer.zero_grad(set_to_none=True)
+                    (loss * (scale / group)).backward()  # the group's mean loss
+                state.step += 1
+                if observer is not None:  # the rates this batch's optimizer step applies
+                    observer.step(state.step, state.epoch, loss, group_rates(optimizer))
+                if on_step is not None:
+                    on_step(state.step, budget.steps)
+                if last:
+                    if cfg.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    if i + 1 < batches and stop.asked(device):  # at an epoch's end, it is saved after val
+                        save(epoch_start)
+                        raise RunInterrupted(stop.signum or signal.SIGTERM)
+                if state.step == budget.steps:
+                    break
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(f"loss is {loss.item()} after epoch {state.epoch}")
+            scores = evaluate(model, task, run.task_cfg, datasets["val"], cfg.batch_size, device, amp, gate)
+            state.validated(scores[task.selection_metric], model)
+            if observer is not None:
+                observer.epoch_end(scores[task.selection_metric])
+            save(gen.get_state())
+            if stop.asked(device):
+                raise RunInterrupted(stop.signum or signal.SIGTERM)
+    assert state.best_state is not None
+    model.load_state_dict(state.best_state, strict=False)
     test = predict(model, task, datasets["test"], cfg.batch_size, device, amp, gate)
     metrics = task.score(run.task_cfg, test)
-    metrics["val_" + task.selection_metric] = best
+    metrics["val_" + task.selection_metric] = state.best
     measured = run.measure.enabled and is_main_process()  # other ranks' records are dropped
     efficiency = {}
     if measured:
@@ -165,21 +206,21 @@ def train_run(
             efficiency = measure_model(model, task, run, datasets["train"], device)
     efficiency |= datasets["train"].record()  # the training loop's wait for its batches
     per_item = task.per_item(run.task_cfg, test)
-    return RunOutcome(metrics, efficiency, best_epoch, history, built.tower_records(), budget.record(), per_item)
+    stopped = {"stopped_epoch": state.epoch - 1} if state.step < budget.steps else {}  # patience ran out
+    return RunOutcome(
+        metrics, efficiency, state.best_epoch, state.history, built.tower_records(), budget.record() | stopped, per_item
+    )
+
+
+def group_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Each parameter group's learning rate, by the group's name (bench.build.param_groups)."""
+    return {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
 
 
 def first_batch(ds: Dataset, run: ResolvedRun, device: torch.device) -> Batch:
     """The first training batch in dataset order, at the run's batch size: what one step is
     counted or measured on."""
     return to_device(next(iterate(ds, run.train.batch_size, False, torch.Generator())), device)
-
-
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of what training changes (trainable parameters and buffers), not the
-    frozen towers: selecting the best epoch must not double the model's memory."""
-    state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    state.update({n: b.detach().clone() for n, b in model.named_buffers()})
-    return state
 
 
 def measure_model(

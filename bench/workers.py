@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from bench.checkpoint import RunInterrupted
 from bench.config import ConfigError
 from bench.data.errors import DataError
 from bench.device import threads_per_worker
@@ -33,6 +34,7 @@ from bench.jobs import Context, DataCache, Display, Job, data_key, job_record, r
 from bench.presets import get_preset
 from bench.results import RunRecord, Status
 
+STOP_WAIT_S = 60  # for a terminated worker to save its run's checkpoint and exit
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -57,12 +59,16 @@ class Worker:
 
     def stop(self) -> None:
         """An idle worker is asked to exit; one still in a run (the command is failing or
-        interrupted) is terminated: its run has no record and reruns next time."""
+        interrupted) is sent SIGTERM: its run saves its checkpoint at its next step, has no
+        record and resumes next time. One that does not end in time is killed."""
         if self.process.is_alive() and self.job is None:
             self.conn.send(None)
             self.process.join(timeout=5)
         if self.process.is_alive():
             self.process.terminate()
+            self.process.join(timeout=STOP_WAIT_S)
+        if self.process.is_alive():
+            self.process.kill()
             self.process.join()
         self.conn.close()
 
@@ -113,6 +119,8 @@ def run_in_processes(
                     warnings.warn(body[0], body[1], stacklevel=1)
                 elif kind == "usage":
                     raise ConfigError(body[0])
+                elif kind == "interrupted":  # SIGTERM reached the worker: the command stops as if it got it
+                    raise RunInterrupted(body[0])
                 else:  # the run ended, with its record or with its process
                     job, worker.job = worker.job, None
                     assert job is not None
@@ -157,8 +165,8 @@ def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, thre
     preset, cache = get_preset(context.preset), DataCache()
     warnings.showwarning = lambda message, category, *rest: conn.send(("warning", str(message), category))
 
-    def step(done: int, total: int) -> None:
-        conn.send(("step", done, total))
+    def step(done: int, total: int, epoch: int | None, loss: float | None) -> None:
+        conn.send(("step", done, total, epoch, loss))
 
     try:
         while (job := conn.recv()) is not None:
@@ -167,6 +175,9 @@ def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, thre
                 record = run_one(job, preset, cache, context, step, gate)
             except (ConfigError, DataError) as err:
                 conn.send(("usage", str(err)))
+                return
+            except RunInterrupted as err:  # its checkpoint is saved
+                conn.send(("interrupted", err.signum))
                 return
             finally:
                 gate.leave()

@@ -25,12 +25,14 @@ class AVFeatures:
 
     a: [B, T, D_a] audio embedding per segment; v: [B, T, D_v] visual embedding per
     segment; maps: optional multi-scale visual maps, each [B*T, C_s, H_s, W_s],
-    finest first (segmentation only).
+    finest first (segmentation only); aux_loss: an optional scalar the method adds to the
+    task's training loss (e.g. a router's load-balancing term), None when it adds nothing.
     """
 
     a: torch.Tensor
     v: torch.Tensor
     maps: list[torch.Tensor] | None = None
+    aux_loss: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

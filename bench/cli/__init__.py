@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
 from bench.cli import check_budgets, data, listing, pretrain, profile, results, run, sweep
 from bench.cli.args import DEFAULT_OUT, UsageError, check_folders
@@ -53,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised wherever the command is: every cleanup that Ctrl-C runs runs for it too."""
+    """SIGTERM, raised wherever the command is: every cleanup that Ctrl-C runs runs for it too
+    (a run that is training saves its checkpoint first: bench.checkpoint)."""
+
+    signum = signal.SIGTERM
 
 
 @contextmanager
@@ -83,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             check_folders(args)
             return COMMANDS[args.command].execute(args, console)
     except (UsageError, ConfigError, DataError, UnknownNameError) as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")  # a message's brackets are its own (e.g. an extra)
         return 2
-    except KeyboardInterrupt as stopped:
-        console.print("[red]interrupted[/]: finished runs are kept; rerun the same command to resume")
-        return 128 + (signal.SIGTERM if isinstance(stopped, Terminated) else signal.SIGINT)
+    except KeyboardInterrupt as stopped:  # Ctrl-C, SIGTERM, or bench.checkpoint.RunInterrupted
+        signum = signal.Signals(getattr(stopped, "signum", signal.SIGINT))
+        console.print(
+            f"[red]interrupted[/] by {signum.name}: finished runs are kept; rerun `{args.command_line}` to resume",
+            soft_wrap=True,
+        )
+        return 128 + signum

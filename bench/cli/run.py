@@ -14,6 +14,7 @@ from bench.cli.args import (
     DEVICES,
     PRESET_HELP,
     UsageError,
+    add_tracking_arguments,
     check_seeds,
     count,
     csv,
@@ -23,6 +24,7 @@ from bench.cli.args import (
     run_workers,
     seeds,
     time_limit,
+    tracking_of,
 )
 from bench.cli.command import Command
 from bench.cli.console import print_summary
@@ -63,7 +65,20 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         help="give every method the same candidates (e.g. train.lr=3e-4,1e-3,3e-3); tables keep, per method, "
         "the candidate with the best mean rank of its val metric over the tasks",
     )
+    run.add_argument(
+        "--recipe",
+        default=None,
+        metavar="official|NAME",
+        help="official: each method's published recipe for the task (bench/recipes/<method>_<task>.toml); NAME: "
+        "that recipe (bench/recipes/NAME.toml) for every method; applied before --set, which wins",
+    )
     run.add_argument("--force", action="store_true", help="rerun runs that already finished")
+    run.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep each run's checkpoint (OUT/checkpoints/<run key>) after its record is written",
+    )
+    add_tracking_arguments(run)
     run.add_argument(
         "--workers",
         type=run_workers,
@@ -124,6 +139,7 @@ def execute(args: argparse.Namespace, console: Console) -> int:
     from bench.report import write_figures, write_tables
     from bench.runner import execute as execute_plan
 
+    tracking = tracking_of(args)
     file = load_plan(args.plan) if args.plan else PlanFile(Path())
     tasks = args.tasks or file.tasks or task_names()
     if args.tune and file.candidates:
@@ -143,6 +159,9 @@ def execute(args: argparse.Namespace, console: Console) -> int:
         command=args.command_line,
         workers=args.workers,
         claim_timeout=args.claim_timeout,
+        keep_checkpoints=args.keep_checkpoints,
+        recipe=args.recipe or file.recipe,
+        tracking=tracking,
     )
     if args.launcher != "none":  # the plan is checked here, its device where the tasks run (a login node has no GPU)
         return launch(args, len(resolve(dataclasses.replace(plan, device="cpu", workers=1))), console)

@@ -74,13 +74,14 @@ class EpochOrder(Sampler[int]):
     def __init__(self, ds: Dataset, gen: torch.Generator) -> None:
         self.gen = gen
         self.order = RandomSampler(ds, generator=gen)
+        self.skip = 0  # items of the next epoch drawn but not served (a resumed epoch's done part)
 
     def __len__(self) -> int:
-        return len(self.order)
+        return len(self.order) - self.skip
 
     def __iter__(self) -> Iterator[int]:
         torch.empty((), dtype=torch.int64).random_(generator=self.gen)
-        yield from list(self.order)
+        yield from list(self.order)[self.skip :]
 
 
 def data_loader(ds: Dataset, batch_size: int, gen: torch.Generator | None, workers: int, pin: bool) -> DataLoader:
@@ -120,9 +121,14 @@ class RunSplit(Dataset):
         return batch_size == self.batch_size and (gen is self.gen if shuffle else self.gen is None)
 
     def __iter__(self) -> Iterator[Batch]:
+        return self.read()
+
+    def read(self, skip: int = 0) -> Iterator[Batch]:
+        """One epoch, less its first `skip` batches: their order is drawn as for a whole epoch
+        (a resumed epoch goes on as it would have), but they are never loaded."""
         start = time.perf_counter()
         try:
-            batches = self._epoch()
+            batches = self._epoch(skip)
             while True:
                 asked = time.perf_counter()
                 batch = next(batches, None)
@@ -133,13 +139,17 @@ class RunSplit(Dataset):
         finally:
             self.read_s += time.perf_counter() - start
 
-    def _epoch(self) -> Iterator[Batch]:
+    def _epoch(self, skip: int) -> Iterator[Batch]:
+        if skip and self.gen is None:
+            raise ValueError("only a shuffled (training) split resumes part-way through an epoch")
         if isinstance(self.dataset, TensorAVDataset):
             order = torch.randperm(len(self.dataset), generator=self.gen) if self.gen is not None else None
-            yield from self.dataset.batches(self.batch_size, order)
+            yield from self.dataset.batches(self.batch_size, None if order is None else order[skip * self.batch_size :])
             return
         if self.loader is None:
             self.loader = data_loader(self.dataset, self.batch_size, self.gen, self.workers, self.pin_memory)
+        if isinstance(self.loader.sampler, EpochOrder):
+            self.loader.sampler.skip = skip * self.batch_size
         yield from self.loader
 
     def record(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from bench.data.core import SPLITS, Batch, DataShape, TensorAVDataset
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec
 
-__all__ = ["SPLITS", "Batch", "DataShape", "Task", "TaskModel", "TensorAVDataset"]
+__all__ = ["SPLITS", "Batch", "DataShape", "Task", "TaskModel", "TensorAVDataset", "training_loss"]
 
 
 class Task(ABC):
@@ -85,6 +85,17 @@ class TaskModel(nn.Module):
         self.encoder = encoder
         self.head = head
 
-    def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> Any:
+    def forward(self, audio: torch.Tensor, visual: torch.Tensor, with_aux: bool = False) -> Any:
+        """The head's output; with `with_aux`, (that output, the encoder's auxiliary loss or None)."""
         feats: AVFeatures = self.encoder(audio, visual)
-        return self.head(feats)
+        output = self.head(feats)
+        return (output, feats.aux_loss) if with_aux else output
+
+
+def training_loss(task: Task, model: nn.Module, batch: Batch) -> torch.Tensor:
+    """What a training step minimises: the task's loss on the model's output plus the auxiliary
+    loss the method's encoder adds, if any. `model` is a TaskModel, or a wrapper (DDP) that
+    passes `with_aux` on to it."""
+    output, aux = model(batch["audio"], batch["visual"], with_aux=True)
+    loss = task.loss(output, batch)
+    return loss if aux is None else loss + aux

@@ -144,7 +144,13 @@ def test_floor_features_are_what_the_ladders_read_and_scale_with_frames(family: 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
-    [({"r": 0}, "LstConfig.r"), ({"r": 2.0}, "LstConfig.r"), ({"gate_temperature": 0.0}, "LstConfig.gate_temperature")],
+    [
+        ({"r": 0}, "LstConfig.r"),
+        ({"r": 2.0}, "LstConfig.r"),
+        ({"gate_temperature": 0.0}, "LstConfig.gate_temperature"),
+        ({"gate_temperature": True}, "LstConfig.gate_temperature"),
+        ({"gate_init": "0"}, "LstConfig.gate_init"),
+    ],
 )
 def test_config_rejects_bad_values(kwargs: dict[str, object], field: str) -> None:
     with pytest.raises(ValueError, match=field):

@@ -1,5 +1,6 @@
-"""Device resolution, and how a run reads its data: the same training with any number of
-loader workers, and what its record keeps of the reads (bench/train.py)."""
+"""The training loop (bench/train.py): device resolution, gradient accumulation, early
+stopping, and how a run reads its data: the same training with any number of loader
+workers, and what its record keeps of the reads."""
 
 from pathlib import Path
 
@@ -10,11 +11,14 @@ import torch
 import bench.train
 from bench.cli import main
 from bench.config import ConfigError
+from bench.measure import run_optimizer
 from bench.plan import RunPlan, resolve
 from bench.presets import get_preset
 from bench.registry import get_task
 from bench.results import ResultsStore
 from bench.train import resolve_device, train_run
+
+QUICK = ["train.epochs=1", "measure.enabled=false"]
 
 
 def test_cuda_resolves_to_the_current_device_with_its_index(monkeypatch):
@@ -38,6 +42,52 @@ def test_run_on_cuda_without_cuda_exits_2_before_any_work(tmp_path, capsys, monk
     assert main(["run", "--methods", "frozen", "--tasks", "ave", "--device", "cuda", "--out", str(tmp_path)]) == 2
     assert "--device cuda: CUDA is not available" in capsys.readouterr().err
     assert not (tmp_path / "runs.jsonl").exists()
+
+
+def step_gradients(monkeypatch, overrides: list[str]) -> list[list[torch.Tensor]]:
+    """Train frozen / ave on the smoke preset (16 samples, one epoch): the gradient each
+    optimizer step applies (after clipping)."""
+    steps: list[list[torch.Tensor]] = []
+
+    def recording(model, run) -> torch.optim.Optimizer:
+        optimizer = run_optimizer(model, run)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        optimizer.register_step_pre_hook(lambda *_: steps.append([p.grad.clone() for p in params]))
+        return optimizer
+
+    monkeypatch.setattr(bench.train, "run_optimizer", recording)
+    (run,) = resolve(RunPlan(["frozen"], ["ave"], "smoke", device="cpu", overrides=[*QUICK, *overrides]))
+    train_run(run, get_preset("smoke"), get_task("ave").synthetic(run.task_cfg, get_preset("smoke").shape))
+    return steps
+
+
+def test_k_accumulated_batches_of_b_are_one_batch_of_k_times_b(monkeypatch) -> None:
+    """Frozen towers in eval mode and the AVE head (LayerNorm, no dropout) have no layer that
+    depends on the batch, and the loss is a mean over equal batches: two batches of 4 give the
+    step one batch of 8 gives (the same shuffled order), unlike a step on one batch of 4."""
+    unclipped = "train.grad_clip=0"  # clipping would hide a gradient twice as large
+    one = step_gradients(monkeypatch, ["train.batch_size=8", unclipped])
+    accumulated = step_gradients(monkeypatch, ["train.batch_size=4", "train.accumulate=2", unclipped])
+    separate = step_gradients(monkeypatch, ["train.batch_size=4", unclipped])
+    assert (len(one), len(accumulated), len(separate)) == (2, 2, 4)
+    gap = lambda grads: max((g - b).abs().max().item() for b, g in zip(one[0], grads[0], strict=True))  # noqa: E731
+    assert gap(accumulated) < 1e-6 and gap(separate) > 1e-4
+
+
+def test_patience_stops_after_that_many_epochs_without_a_better_val_metric(monkeypatch) -> None:
+    """Val accuracy 10, 30, 20, 30, 25, ...: the best is epoch 1 (a tie is no improvement), and
+    with patience 3 the run stops after epoch 4, having trained 5 of its 6 epochs."""
+    scripted = iter([10.0, 30.0, 20.0, 30.0, 25.0, 90.0])
+    overrides = [*QUICK, "train.epochs=6", "train.batch_size=16", "train.patience=3"]  # one batch an epoch
+    (run,) = resolve(RunPlan(["frozen"], ["ave"], "smoke", device="cpu", overrides=overrides))
+    datasets = get_task("ave").synthetic(run.task_cfg, get_preset("smoke").shape)
+    scores = lambda model, task, cfg, ds, *rest: {"accuracy": next(scripted)}  # noqa: E731 (val only: test is predicted)
+    monkeypatch.setattr(bench.train, "evaluate", scores)
+    steps: list[int] = []
+    outcome = train_run(run, get_preset("smoke"), datasets, lambda done, total: steps.append(done))
+    assert outcome.val_history == [10.0, 30.0, 20.0, 30.0, 25.0] and outcome.best_epoch == 1
+    assert outcome.budget["stopped_epoch"] == 4 and steps == [1, 2, 3, 4, 5] and outcome.budget["steps"] == 6
+    assert outcome.metrics["val_accuracy"] == 30.0
 
 
 def prepared_ave(root: Path) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -70,7 +71,7 @@ def test_a_worker_that_dies_costs_its_run_only(tmp_path: Path) -> None:
     killed: list[int] = []
 
     class Killer(Display):
-        def step(self, slot: int, done: int, total: int) -> None:
+        def step(self, slot: int, done: int, total: int, *observed: object) -> None:
             if not killed:
                 (child,) = multiprocessing.active_children()
                 os.kill(child.pid, signal.SIGKILL)
@@ -220,12 +221,14 @@ def test_killing_the_command_leaves_no_worker_behind(tmp_path: Path) -> None:
 def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path: Path) -> None:
     """SIGTERM mid-run: the interrupted message, exit code 143 (128 + 15), no traceback, the
     finished records kept whole, and no worker left."""
-    command = Command([*PARALLEL, "--out", str(tmp_path)])
+    args = [*PARALLEL, "--out", str(tmp_path)]
+    command = Command(args)
     command.wait_for_records(tmp_path / "runs.jsonl", 1)
     command.proc.terminate()
     assert command.proc.wait(timeout=60) == 128 + signal.SIGTERM
     err = command.stderr(timeout=5)
-    assert "interrupted: finished runs are kept; rerun the same command to resume" in " ".join(err.split())
+    rerun = shlex.join(["python", "-m", "bench", *args])
+    assert f"interrupted by SIGTERM: finished runs are kept; rerun `{rerun}` to resume" in " ".join(err.split())
     assert "Traceback" not in err
     report = ResultsStore(tmp_path).load()
     assert 1 <= len(report.records) < 4 and not report.bad_lines
