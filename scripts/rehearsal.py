@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -41,7 +42,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-METHODS = ["frozen", "full", "lora", "lavish", "dgsct", "mettle", "lst", "avmoe"]
+# cheapest first (by CPU step time at T = 10), so that a rehearsal cut short has reported the most
+METHODS = ["frozen", "mettle", "lst", "lora", "avmoe", "lavish", "dgsct", "full"]
 CATEGORIES = ["Banjo", "Church bell", "Dog barking", "Male speech, man speaking"]  # AVE names
 HEADER = "Category&VideoID&Quality&StartTime&EndTime\n"
 CLIP_SECONDS, CLIP_FPS, CLIP_SIZE, CLIP_RATE = 10, 4, 64, 16000
@@ -223,29 +225,37 @@ def prepared_tree(s: Settings, work: Path, say=print) -> Path:
     return tree
 
 
-def rehearse(s: Settings, work: Path, say=print) -> dict[str, Any]:
+def rehearse(s: Settings, work: Path, write: Callable[[dict[str, Any]], None], say=print) -> dict[str, Any]:
+    """Every method in turn, the stopped and resumed run right after its uninterrupted one;
+    `write` gets the result so far after each, so that a rehearsal cut short leaves a report."""
     started = time.perf_counter()
     tree, runs, logs = prepared_tree(s, work, say), work / "runs", work / "logs"
-    methods: dict[str, Any] = {}
+    result: dict[str, Any] = {"methods": {}, "resume": None, "total_s": 0.0, "finished": False}
     for method in s.methods:
-        result = bench_run(run_argv(s, method, tree, runs), logs / f"{method}.log")
+        run = bench_run(run_argv(s, method, tree, runs), logs / f"{method}.log")
         record = record_of(runs, method)
-        ok = result.exit_code == 0 and record is not None and record["status"] == "ok"
-        methods[method] = {
-            "status": record["status"] if record else f"exit {result.exit_code}",
-            "step_s": result.step_s,
-            "steps": len(result.stamps),
-            "peak_rss_bytes": result.peak_rss_bytes,
+        ok = run.exit_code == 0 and record is not None and record["status"] == "ok"
+        result["methods"][method] = figures = {
+            "status": record["status"] if record else f"exit {run.exit_code}",
+            "step_s": run.step_s,
+            "steps": len(run.stamps),
+            "peak_rss_bytes": run.peak_rss_bytes,
             "data_wait_fraction": record["efficiency"].get("data_wait_fraction") if ok else None,
             "loader_workers": record["efficiency"].get("loader_workers") if ok else None,
             "checkpoint_bytes": checkpoint_bytes(runs, record),
-            "wall_s": result.wall_s,
+            "wall_s": run.wall_s,
+            "load_average": os.getloadavg()[1],  # the machine's 5-minute load as the run ended: shared or not
         }
-        say(f"{method}: {json.dumps(methods[method])}")
-    resumed = resume_check(s, tree, runs, work / "resumed", logs)
-    methods.setdefault(s.resume_method, {})["resumed_equal"] = resumed["equal"]
-    say(f"resume of {s.resume_method}: {json.dumps(resumed)}")
-    return {"methods": methods, "resume": resumed, "total_s": time.perf_counter() - started}
+        say(f"{method}: {json.dumps(figures)}")
+        if method == s.resume_method:
+            result["resume"] = resume_check(s, tree, runs, work / "resumed", logs)
+            figures["resumed_equal"] = result["resume"]["equal"]
+            say(f"resume of {method}: {json.dumps(result['resume'])}")
+        result["total_s"] = time.perf_counter() - started
+        write(result)
+    result["finished"] = True
+    write(result)
+    return result
 
 
 def resume_check(s: Settings, tree: Path, runs: Path, out: Path, logs: Path) -> dict[str, Any]:
@@ -294,25 +304,34 @@ def markdown(report: dict[str, Any]) -> str:
         f"Data: {s['train_clips']} train, {s['eval_clips']} val and {s['eval_clips']} test clips of 10 s "
         f"(64 px, {CLIP_FPS} fps, a tone), written by the script and prepared by `bench data prepare ave` "
         "(224 px frames, 32 kHz audio); read at T = 10 segments (real AVE fixes it), batch "
-        f"{s['batch_size'] or 'the preset'}. Total {report['total_s'] / 60:.1f} min.",
+        f"{s['batch_size'] or 'the preset'}. Total {report['total_s'] / 60:.1f} min"
+        + ("." if report["finished"] else ", and the rehearsal is not finished: this report is partial."),
         "",
         "| method | status | steps | step (s) | peak RSS (GiB) | data_wait_fraction | checkpoint (bytes) "
-        "| resumed run equal |",
-        "|---|---|---|---|---|---|---|---|",
+        "| resumed run equal | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for method, m in report["methods"].items():
         equal = {True: "yes", False: "**no**"}.get(m.get("resumed_equal"), "")
         lines.append(
             f"| {method} | {m.get('status', '-')} | {m.get('steps', '-')} | {fmt(m.get('step_s'))} "
             f"| {fmt(m.get('peak_rss_bytes'), 2**30)} | {fmt(m.get('data_wait_fraction'), digits=3)} "
-            f"| {m.get('checkpoint_bytes') or '-'} | {equal} |"
+            f"| {m.get('checkpoint_bytes') or '-'} | {equal} | {fmt(m.get('load_average'), digits=1)} |"
         )
+    for method in s["methods"]:
+        if method not in report["methods"]:
+            lines.append(f"| {method} | not run | | | | | | | |")
     lines += [
         "",
         "Step: median time between consecutive training steps. Peak RSS: the `bench run` process's "
         "(its loader workers not included). Checkpoint: OUT/checkpoints/<run key>/checkpoint.pt, kept "
-        "with `--keep-checkpoints`; it holds trainable state only, never the towers.",
+        "with `--keep-checkpoints`; it holds trainable state only, never the towers. Load: the machine's "
+        "5-minute load average as the run ended (above the core count, the runs shared the cores).",
         "",
+    ]
+    if resume is None:
+        return "\n".join([*lines, f"Resume: {s['resume_method']} not stopped and resumed yet.", ""])
+    lines += [
         f"Resume: {s['resume_method']} was sent SIGTERM during training step 1 of {resume['steps_per_epoch']}; "
         f"it exited {resume['stopped_exit_code']} with its checkpoint at step {resume['checkpoint_step']}; the "
         f"same command rerun exited {resume['resumed_exit_code']} after {resume['resumed_steps']} more step(s). "
@@ -390,22 +409,19 @@ def main(argv: list[str]) -> int:
         return 0
     if args.report is None:
         raise SystemExit("--report is required: the folder the report is written to")
+    command = shlex.join(["python", "scripts/rehearsal.py", *argv])
+    header = {"command": command, "git": git_sha(), "machine": machine(), "settings": asdict(s)}
+
+    def write(result: dict[str, Any]) -> None:
+        args.report.mkdir(parents=True, exist_ok=True)
+        (args.report / "rehearsal.json").write_text(json.dumps(header | result, indent=2) + "\n")
+        (args.report / "README.md").write_text(markdown(header | result))
+
     with tempfile.TemporaryDirectory(prefix="rehearsal-") as scratch:
-        work = args.work or Path(scratch)
-        result = rehearse(s, work, say=lambda line: print(line, flush=True))
-    report = {
-        "command": shlex.join(["python", "scripts/rehearsal.py", *argv]),
-        "git": git_sha(),
-        "machine": machine(),
-        "settings": asdict(s),
-        **result,
-    }
-    args.report.mkdir(parents=True, exist_ok=True)
-    (args.report / "rehearsal.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.report / "README.md").write_text(markdown(report))
+        result = rehearse(s, args.work or Path(scratch), write, say=lambda line: print(line, flush=True))
     print(f"report: {args.report / 'README.md'}")
     failed = [m for m, r in result["methods"].items() if r.get("status") != "ok"]
-    return 1 if failed or not result["resume"]["equal"] else 0
+    return 1 if failed or not (result["resume"] and result["resume"]["equal"]) else 0
 
 
 if __name__ == "__main__":

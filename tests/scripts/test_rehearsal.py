@@ -44,7 +44,7 @@ def test_its_clips_are_an_ave_release_that_bench_data_prepare_reads(tmp_path: Pa
 def test_settings_cpu_by_default_and_cuda_bf16_at_50_steps_of_the_presets_batch_with_gpu() -> None:
     cpu = rehearsal.settings(rehearsal.parse(["--report", "r"]))
     assert (cpu.device, cpu.amp, cpu.batch_size, cpu.train_clips, cpu.preset) == ("cpu", "off", 1, 2, "paper")
-    assert cpu.methods == ["frozen", "full", "lora", "lavish", "dgsct", "mettle", "lst", "avmoe"]
+    assert cpu.methods == ["frozen", "mettle", "lst", "lora", "avmoe", "lavish", "dgsct", "full"]
     assert cpu.overrides()[:3] == ["towers.audio=random", "towers.visual=random", "towers.shared=random"]
     gpu = rehearsal.settings(rehearsal.parse(["--report", "r", "--gpu", "--preset", "smoke"]))
     assert (gpu.device, gpu.amp, gpu.batch_size, gpu.train_clips) == ("cuda", "bf16", None, 50 * 8)
