@@ -211,13 +211,16 @@ SAME = ("metrics", "val_history", "best_epoch")
 
 
 def prepared_tree(s: Settings, work: Path, say=print) -> Path:
-    """work/prepared: the clips of `s` written under work/raw and prepared with 2 workers."""
+    """work/prepared: the clips of `s` written under work/raw and prepared, a worker per core (at most 8)."""
+    from bench.device import usable_cores
+
     src, tree, logs = work / "raw", work / "prepared", work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     splits = {"train": s.train_clips, "val": s.eval_clips, "test": s.eval_clips}
     write_raw_ave(src, splits)
-    prep = bench_run(["data", "prepare", "ave", "--src", str(src), "--dst", str(tree), "--workers", "2"],
+    workers = str(min(8, usable_cores()))
+    prep = bench_run(["data", "prepare", "ave", "--src", str(src), "--dst", str(tree), "--workers", workers],
                      logs / "prepare.log")  # fmt: skip
     if prep.exit_code != 0:
         raise SystemExit(f"bench data prepare failed ({prep.exit_code}): see {logs / 'prepare.log'}")
