@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from bench.cli.args import PRESET_HELP, UsageError, preset_name, require_positive
 from bench.cli.command import Command
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 
 def worker_counts(text: str) -> list[int]:
@@ -77,8 +81,22 @@ def prepare(args: argparse.Namespace, console: Console) -> int:
     return 1 if report.failed else 0
 
 
+def train_split(task_name: str, root: Path, preset_name: str) -> tuple[Dataset, int]:
+    """The training split of the prepared tree `root` as a run of `preset_name` reads it
+    (the preset's image size, audio rate and task settings), and the preset's batch size."""
+    from bench.config import TrainConfig, build_section
+    from bench.plan import for_source
+    from bench.presets import get_preset
+    from bench.registry import get_task
+
+    preset, task = get_preset(preset_name), get_task(task_name)
+    cfg = for_source(task, str(root), build_section(task.config_cls, task_name, preset.data, []), [])
+    batch_size = build_section(TrainConfig, "train", preset.train, []).batch_size
+    return task.datasets(cfg, preset.shape, str(root))["train"], batch_size
+
+
 def loader_bench(args: argparse.Namespace) -> int:
-    from bench.data.throughput import measure_throughput, train_split
+    from bench.data.throughput import measure_throughput
     from bench.registry import get_task
 
     get_task(args.task)  # an unknown name exits 2 with its hint

@@ -11,17 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from bench.config import TrainConfig, build_section
 from bench.data.core import Batch
 from bench.data.loader import RunSplit
-from bench.plan import for_source
-from bench.presets import get_preset
-from bench.registry import get_task
 
 
 @dataclass(frozen=True)
@@ -42,16 +37,6 @@ class Throughput:
     @property
     def seconds_per_batch(self) -> float:
         return self.seconds / self.batches
-
-
-def train_split(task_name: str, root: Path, preset_name: str) -> tuple[Dataset, int]:
-    """The training split of the prepared tree `root` as a run of `preset_name` reads it
-    (the preset's image size, audio rate and task settings), and the preset's batch size."""
-    preset, task = get_preset(preset_name), get_task(task_name)
-    cfg = build_section(task.config_cls, task_name, preset.data, [])
-    cfg = for_source(task, str(root), cfg, [])
-    batch_size = build_section(TrainConfig, "train", preset.train, []).batch_size
-    return task.datasets(cfg, preset.shape, str(root))["train"], batch_size
 
 
 def endless(split: RunSplit) -> Iterator[Batch]:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from bench.cli import main
+from bench.cli.data import train_split
 from bench.data.loader import RunSplit
-from bench.data.throughput import Throughput, measure_throughput, train_split
+from bench.data.throughput import Throughput, measure_throughput
 
 
 def prepared_ave(root: Path) -> Path:
