@@ -12,12 +12,14 @@ Its report, per method: the median training-step time, the run's peak RSS, its
 data_wait_fraction, its checkpoint's size (trainable state only) and, for the stopped run,
 whether the resumed record is equal; written as README.md and rehearsal.json under --report.
 
-CPU (default): batch 1, 2 training clips. `--gpu`: CUDA with bf16 autocast, `--steps` (50)
-training clips per method at the preset's batch. Real AVE clips have 10 segments: a
-prepared tree is always read at T = 10.
+CPU (default): batch 1, 2 training steps per method. `--gpu`: CUDA with bf16 autocast,
+`--steps` (50) training steps per method at the preset's batch. Real AVE clips have 10
+segments: a prepared tree is always read at T = 10. Methods run cheapest first and the
+report is rewritten after each, so a rehearsal cut short leaves a partial report.
 
     python scripts/rehearsal.py --report results/rehearsal
     python scripts/rehearsal.py --gpu --report results/rehearsal-gpu
+    python scripts/rehearsal.py --prepare-only --work /tmp/tree --steps 16   # only the prepared clips
 """
 
 from __future__ import annotations
