@@ -4,16 +4,16 @@ appends one record each. A failure ends that run with a status, never the sweep.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.checkpoint import interrupts
 from bench.config import ResolvedRun
 from bench.device import check_workers, is_main_process, threads_per_worker
-from bench.jobs import Context, Display, Job, job_checkpoint, job_key, run_serially
+from bench.jobs import Context, Display, Job, job_checkpoint, job_key, progress_bars, run_serially
 from bench.plan import RunPlan, resolve
 from bench.presets import get_preset
 from bench.pretrain import ensure_shipped
@@ -57,25 +57,16 @@ def execute(
         todo.append(job)
     processes = min(check_workers(plan.workers, plan.device), len(todo)) or 1
     checkpoints = out_dir / "checkpoints"
-    context = Context(plan.preset, git_state(out_dir), plan.command, processes, checkpoints)
+    tracking = replace(plan.tracking, out=out_dir, display=console.is_terminal)  # a terminal's lines show the loss
+    context = Context(plan.preset, git_state(out_dir), plan.command, processes, checkpoints, tracking)
     for job in todo:
         if (checkpoint := job_checkpoint(job, checkpoints)).exists():
             console.print(f"resume {job.label} from {checkpoint.path}")
     if processes > 1:
         threads = threads_per_worker(processes)
         console.print(f"{len(todo)} runs, {processes} at a time with {threads} thread(s) each; timing passes run alone")
-    with (
-        interrupts(plan.command),
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress,
-    ):
-        overall = progress.add_task("runs", total=len(runs), completed=len(records))
+    with interrupts(plan.command), progress_bars(console) as progress:
+        overall = progress.add_task("runs", total=len(runs), completed=len(records), state="")
         display = Display(progress)
         if processes == 1:
             done = run_serially(todo, context, display)

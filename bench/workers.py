@@ -153,8 +153,8 @@ def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, thre
     preset, cache = get_preset(context.preset), DataCache()
     warnings.showwarning = lambda message, category, *rest: conn.send(("warning", str(message), category))
 
-    def step(done: int, total: int) -> None:
-        conn.send(("step", done, total))
+    def step(done: int, total: int, epoch: int | None, loss: float | None) -> None:
+        conn.send(("step", done, total, epoch, loss))
 
     try:
         while (job := conn.recv()) is not None:

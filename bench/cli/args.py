@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from bench.presets import PRESETS
+from bench.tracking import DEFAULT_EVERY, DEFAULT_PROJECT, Tracking, check_trackers, tracker_names
 from mettle_core.interface import UnknownNameError
 
 DEFAULT_OUT = Path("runs")  # git-ignored: a newcomer's first run really runs (results/ holds the committed ones)
@@ -108,3 +109,37 @@ def check_folders(args: argparse.Namespace) -> None:
         for folder in (path, *path.parents):
             if folder.exists() and not folder.is_dir():
                 raise UsageError(f"--{flag} {path}: {folder} is a file, not a folder")
+
+
+def trackers(text: str) -> tuple[str, ...]:
+    try:
+        return tracker_names(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--log` and its settings, for the commands that train runs."""
+    parser.add_argument(
+        "--log",
+        type=trackers,
+        default=(),
+        metavar="TRACKERS",
+        help="experiment trackers, comma-separated: tensorboard (OUT/tensorboard/<run key>), wandb "
+        "(optional extras of the same names); default none",
+    )
+    parser.add_argument("--wandb-project", default=DEFAULT_PROJECT, help="the W&B project of --log wandb's runs")
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=DEFAULT_EVERY,
+        metavar="N",
+        help=f"batches between two train-loss points of the trackers (each reads the loss; default {DEFAULT_EVERY})",
+    )
+
+
+def tracking_of(args: argparse.Namespace) -> Tracking:
+    """The trackers asked for, each checked to be installed before any work."""
+    require_positive(args, "log_every")
+    check_trackers(args.log)
+    return Tracking(args.log, project=args.wandb_project, every=args.log_every)

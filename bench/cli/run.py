@@ -12,11 +12,13 @@ from bench.cli.args import (
     DEVICES,
     PRESET_HELP,
     UsageError,
+    add_tracking_arguments,
     check_seeds,
     csv,
     preset_name,
     run_workers,
     seeds,
+    tracking_of,
 )
 from bench.cli.command import Command
 from bench.cli.console import print_summary
@@ -54,12 +56,20 @@ def add_arguments(run: argparse.ArgumentParser) -> None:
         help="give every method the same candidates (e.g. train.lr=3e-4,1e-3,3e-3); tables keep, per method, "
         "the candidate with the best mean rank of its val metric over the tasks",
     )
+    run.add_argument(
+        "--recipe",
+        default=None,
+        metavar="official|NAME",
+        help="official: each method's published recipe for the task (bench/recipes/<method>_<task>.toml); NAME: "
+        "that recipe (bench/recipes/NAME.toml) for every method; applied before --set, which wins",
+    )
     run.add_argument("--force", action="store_true", help="rerun runs that already finished")
     run.add_argument(
         "--keep-checkpoints",
         action="store_true",
         help="keep each run's checkpoint (OUT/checkpoints/<run key>) after its record is written",
     )
+    add_tracking_arguments(run)
     run.add_argument(
         "--workers",
         type=run_workers,
@@ -89,6 +99,7 @@ def execute(args: argparse.Namespace, console: Console) -> int:
     from bench.report import write_figures, write_tables
     from bench.runner import execute as execute_plan
 
+    tracking = tracking_of(args)
     file = load_plan(args.plan) if args.plan else PlanFile(Path())
     tasks = args.tasks or file.tasks or task_names()
     if args.tune and file.candidates:
@@ -108,6 +119,8 @@ def execute(args: argparse.Namespace, console: Console) -> int:
         command=args.command_line,
         workers=args.workers,
         keep_checkpoints=args.keep_checkpoints,
+        recipe=args.recipe or file.recipe,
+        tracking=tracking,
     )
     runs = resolve(plan)  # usage errors surface before any work
     with distributed(args.device):

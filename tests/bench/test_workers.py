@@ -71,7 +71,7 @@ def test_a_worker_that_dies_costs_its_run_only(tmp_path: Path) -> None:
     killed: list[int] = []
 
     class Killer(Display):
-        def step(self, slot: int, done: int, total: int) -> None:
+        def step(self, slot: int, done: int, total: int, *observed: object) -> None:
             if not killed:
                 (child,) = multiprocessing.active_children()
                 os.kill(child.pid, signal.SIGKILL)
