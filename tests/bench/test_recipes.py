@@ -165,7 +165,7 @@ def test_missing_recipes_are_named_by_method_task_and_file(recipes):
 
 
 def test_the_shipped_recipes_cover_every_pair_but_lavish_on_avvp_and_ms3():
-    """The issue's command for lavish, dgsct and mettle on the four tasks names exactly the two
+    """The command for lavish, dgsct and mettle on the four tasks names exactly the two
     pairs no paper released a recipe for."""
     plan = RunPlan(["lavish", "dgsct", "mettle"], ["ave", "avvp", "avs_s4", "avs_ms3"], "smoke", recipe="official")
     with pytest.raises(ConfigError) as err:
