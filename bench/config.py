@@ -34,8 +34,9 @@ def unkeyed(default: Any) -> Any:
 
 def keyed_when_set(default: Any) -> Any:
     """A field added after runs were recorded, whose default computes exactly what those runs
-    computed: stored (and so in the run key) only when it differs from the default, so that
-    the recorded runs keep their keys and configs and a rerun of them skips."""
+    computed: stored (and so in the run key) only when it, or another such field of its
+    section, differs from its default, so that the recorded runs keep their keys and configs
+    and a rerun of them skips."""
     return field(default=default, metadata={"keyed": "when_set"})
 
 
@@ -232,17 +233,16 @@ def _is_finite(value: Any) -> bool:
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
-    """A config section as records store it: every field but the `unkeyed` ones and the
-    `keyed_when_set` ones at their default."""
+    """A config section as records store it: every field but the `unkeyed` ones, and the
+    `keyed_when_set` ones only where one of them differs from its default (a run that uses
+    them says all of them, e.g. a step schedule's step size and gamma at their defaults)."""
     if not dataclasses.is_dataclass(cfg):
         return dict(cfg)
     values = dataclasses.asdict(cfg)
-    return {
-        f.name: values[f.name]
-        for f in dataclasses.fields(cfg)
-        if f.metadata.get("keyed", True) is True
-        or (f.metadata.get("keyed") == "when_set" and values[f.name] != f.default)
-    }
+    fields = dataclasses.fields(cfg)
+    added = [f for f in fields if f.metadata.get("keyed") == "when_set"]
+    any_set = any(values[f.name] != f.default for f in added)  # then the record says all of them
+    return {f.name: values[f.name] for f in fields if f.metadata.get("keyed", True) is True or (f in added and any_set)}
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch.distributed as dist
 
 from bench.config import ConfigError
 from bench.data.core import Batch
+from bench.gpus import VISIBLE, uses_cuda, visible_gpus
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,14 +101,20 @@ def threads_per_worker(workers: int) -> int:
 
 def check_workers(workers: int | None, device: str) -> int:
     """How many runs go at once: `workers`, or by default one per usable core on a CPU and one
-    at a time on a GPU or under torchrun (whose processes are one run's)."""
-    one_at_a_time = world_size() > 1 or resolve_device(device).type == "cuda"
+    per visible GPU on CUDA (bench.gpus: each worker sees only its own); one under torchrun,
+    whose processes are one run's."""
+    if world_size() > 1:
+        if workers not in (None, 1):
+            raise ConfigError(f"--workers {workers}: under torchrun the processes do one run together; use --workers 1")
+        return 1
+    gpus = len(visible_gpus()) if uses_cuda(device) else None
     if workers is None:
-        return 1 if one_at_a_time else usable_cores()
+        return usable_cores() if gpus is None else max(gpus, 1)
     if workers < 1:
         raise ConfigError(f"--workers {workers}: expected a positive number of processes, or auto")
-    if workers > 1 and one_at_a_time:
+    if gpus is not None and workers > max(gpus, 1):
         raise ConfigError(
-            f"--workers {workers}: parallel runs are for the CPU; on CUDA or under torchrun use --workers 1"
+            f"--workers {workers}: one run per GPU, and {gpus} GPU(s) are visible here "
+            f"({VISIBLE}={os.environ.get(VISIBLE, 'unset')})"
         )
     return workers

@@ -29,6 +29,9 @@ class Gate:
     def alone(self) -> Iterator[None]:
         yield
 
+    def reset(self, slot: int) -> None:
+        """A process that died held nothing here."""
+
 
 IDLE, SHARING, WAITING, ALONE = 0, 1, 2, 3  # a slot's state
 

@@ -6,23 +6,39 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.progress import Progress
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from bench.checkpoint import RunCheckpoint, fingerprint
 from bench.config import ConfigError, ResolvedRun
 from bench.data.core import DataShape, split_sizes
 from bench.data.errors import DataError
-from bench.device import resolve_device
+from bench.device import is_main_process, resolve_device
 from bench.gate import Gate
+from bench.gpus import gpu_of
 from bench.presets import Preset, get_preset
 from bench.registry import get_method, get_task
 from bench.results import Kind, RunRecord, Status, environment, run_key
+from bench.tracking import Tracking
 from bench.train import NonFiniteLoss, train_run
+
+# a run's progress: batches done, of its total; the epoch under way (from 1) and the mean loss
+# last read, where an observer reads them (bench.tracking), else None
+OnStep = Callable[[int, int, int | None, float | None], None]
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,29 @@ class Context:
     command: str | None
     workers: int = 1  # runs done at once (bench.workers)
     checkpoints: Path | None = None  # OUT/checkpoints: where unfinished runs keep their state (bench.checkpoint)
+    tracking: Tracking = field(default_factory=Tracking)  # trackers, and whether progress lines show the loss
+
+
+def progress_bars(console: Console) -> Progress:
+    """The runs' progress: a line for the whole invocation, and one per running run with its
+    batches, epoch, loss and time left. Drawn on a terminal only; gone once done."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[state]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def run_state(epoch: int | None, loss: float | None) -> str:
+    """A run's line, between its batches and its times: the epoch under way and its last loss."""
+    parts = ([f"epoch {epoch}"] if epoch is not None else []) + ([f"loss {loss:.4g}"] if loss is not None else [])
+    return " ".join(parts)
 
 
 class Display:
@@ -57,10 +96,10 @@ class Display:
         self._lines: dict[int, Any] = {}
 
     def start(self, slot: int, label: str) -> None:
-        self._lines[slot] = self._progress.add_task(label, total=None)
+        self._lines[slot] = self._progress.add_task(label, total=None, state="")
 
-    def step(self, slot: int, done: int, total: int) -> None:
-        self._progress.update(self._lines[slot], completed=done, total=total)
+    def step(self, slot: int, done: int, total: int, epoch: int | None = None, loss: float | None = None) -> None:
+        self._progress.update(self._lines[slot], completed=done, total=total, state=run_state(epoch, loss))
 
     def stop(self, slot: int) -> None:
         self._progress.remove_task(self._lines.pop(slot))
@@ -89,12 +128,16 @@ class DataCache:
         return self._datasets
 
 
-def run_serially(jobs: list[Job], context: Context, display: Display) -> Iterator[tuple[Job, RunRecord]]:
-    """Each job in turn in this process, with its threads."""
+def run_serially(
+    jobs: list[Job], context: Context, display: Display, take: Callable[[Job], bool] = lambda job: True
+) -> Iterator[tuple[Job, RunRecord]]:
+    """Each job that `take` gives this command (bench.claims) in turn in this process, with its threads."""
     preset, cache = get_preset(context.preset), DataCache()
     for job in jobs:
+        if not take(job):
+            continue
         display.start(0, job.label)
-        record = run_one(job, preset, cache, context, lambda done, total: display.step(0, done, total))
+        record = run_one(job, preset, cache, context, partial(display.step, 0))
         display.stop(0)
         yield job, record
 
@@ -104,37 +147,50 @@ def run_one(
     preset: Preset,
     cache: DataCache,
     context: Context,
-    on_step: Callable[[int, int], None],
+    on_step: OnStep,
     gate: Gate | None = None,
 ) -> RunRecord:
     """The run's record, whatever happened (a usage error or a bad dataset, which would fail
-    every run alike, is raised instead)."""
+    every run alike, is raised instead); its trackers get it too."""
     run = job.run
     start = time.perf_counter()
     status, error, metrics, efficiency, extra, splits = Status.OK, None, {}, {}, {}, None
-    try:
-        datasets = cache.get(run, preset.shape)
-        splits = split_sizes(datasets)
-        checkpoint = job_checkpoint(job, context.checkpoints) if context.checkpoints is not None else None
-        outcome = train_run(run, preset, datasets, on_step, gate, checkpoint)
-        metrics, efficiency = outcome.metrics, outcome.efficiency
-        extra = {
-            "best_epoch": outcome.best_epoch,
-            "val_history": outcome.val_history,
-            "weights": outcome.towers,
-            "budget": outcome.budget,
-            "metrics_per_item": outcome.per_item,
-        }
-    except (ConfigError, DataError):
-        raise
-    except NonFiniteLoss as err:
-        status, error = Status.NAN, str(err)
-    except torch.OutOfMemoryError as err:
-        status, error = Status.OOM, str(err).splitlines()[0]
-    except Exception as err:  # a failed run is recorded; the sweep goes on
-        status, error = Status.ERROR, f"{type(err).__name__}: {err}"
-        extra = {"traceback": traceback.format_exc(limit=8)}
-    return job_record(job, context, status, error, time.perf_counter() - start, metrics, efficiency, splits, **extra)
+    observer = context.tracking.observer(job.key, run) if is_main_process() else None
+
+    def progress(done: int, total: int) -> None:
+        if observer is None:
+            on_step(done, total, None, None)
+        else:
+            on_step(done, total, observer.epoch, observer.loss)
+
+    with observer or nullcontext():  # one that ends without a record closes its trackers
+        try:
+            datasets = cache.get(run, preset.shape)
+            splits = split_sizes(datasets)
+            checkpoint = job_checkpoint(job, context.checkpoints) if context.checkpoints is not None else None
+            outcome = train_run(run, preset, datasets, progress, gate, checkpoint, observer)
+            metrics, efficiency = outcome.metrics, outcome.efficiency
+            extra = {
+                "best_epoch": outcome.best_epoch,
+                "val_history": outcome.val_history,
+                "weights": outcome.towers,
+                "budget": outcome.budget,
+                "metrics_per_item": outcome.per_item,
+            }
+        except (ConfigError, DataError):
+            raise
+        except NonFiniteLoss as err:
+            status, error = Status.NAN, str(err)
+        except torch.OutOfMemoryError as err:
+            status, error = Status.OOM, str(err).splitlines()[0]
+        except Exception as err:  # a failed run is recorded; the sweep goes on
+            status, error = Status.ERROR, f"{type(err).__name__}: {err}"
+            extra = {"traceback": traceback.format_exc(limit=8)}
+        wall_s = time.perf_counter() - start
+        record = job_record(job, context, status, error, wall_s, metrics, efficiency, splits, **extra)
+        if observer is not None:
+            observer.finish(record)
+    return record
 
 
 def versions(run: ResolvedRun) -> dict[str, int]:
@@ -166,7 +222,8 @@ def job_record(
     """`splits`: per split, the samples the run used and the listed videos left out (bench.data.core.split_sizes)."""
     run = job.run
     data = (run.data.record() if run.data is not None else {}) | ({"splits": splits} if splits else {})
-    env = environment(resolve_device(run.device))
+    device = resolve_device(run.device)
+    env = environment(device) | gpu_of(device)
     if context.workers > 1:
         env["workers"] = context.workers  # timed alone (bench.gate), but trained next to other runs
     return RunRecord(

@@ -7,6 +7,7 @@ bench/plans/reference.toml, the reference results).
     tasks = ["ave", "avvp"]
     seeds = [0, 1, 2]
     set = ["train.epochs=5"]                  # overrides for every run
+    recipe = "official"                       # optional: each method's official recipe (bench.recipe)
     [candidates]                              # per method: a list of override lists
     frozen = [[]]                             # one candidate: the defaults
     lora = [["lora.r=4"], ["lora.r=8", "train.lr=3e-3"]]
@@ -22,9 +23,11 @@ import dataclasses
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
+from bench.claims import DEFAULT_TIMEOUT_S
 from bench.config import (
     BASE_SECTIONS,
     ConfigError,
@@ -39,8 +42,10 @@ from bench.config import (
 from bench.data.fingerprint import DataSource, data_source
 from bench.device import check_workers, resolve_device
 from bench.presets import get_preset
+from bench.recipe import applied, recipes_for
 from bench.registry import METHODS, TASKS, get_method, get_task, task_names
 from bench.tasks.base import Task
+from bench.tracking import Tracking
 from bench.weights import resolve as resolve_weights
 
 Candidate = tuple[str, ...]  # `section.key=value` overrides
@@ -54,6 +59,7 @@ class PlanFile:
     seeds: list[int] | None = None
     overrides: list[str] = field(default_factory=list)
     candidates: dict[str, list[Candidate]] = field(default_factory=dict)
+    recipe: str | None = None
 
     @property
     def methods(self) -> list[str]:
@@ -71,7 +77,7 @@ def load_plan(path: Path) -> PlanFile:
         data: dict[str, Any] = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as err:
         raise ConfigError(f"--plan {path}: {err}") from None
-    allowed = {"description", "preset", "tasks", "seeds", "set", "candidates"}
+    allowed = {"description", "preset", "tasks", "seeds", "set", "candidates", "recipe"}
     if unknown := set(data) - allowed:
         raise ConfigError(f"--plan {path}: unknown keys {sorted(unknown)} (allowed: {sorted(allowed)})")
     candidates = data.get("candidates")
@@ -89,10 +95,13 @@ def load_plan(path: Path) -> PlanFile:
     for key in ("tasks", "set"):
         if key in data and not _is_strings(data[key]):
             raise ConfigError(f"--plan {path}: {key} must be a list of strings")
+    if "recipe" in data and not isinstance(data["recipe"], str):
+        raise ConfigError(f'--plan {path}: recipe must be a string (e.g. "official")')
     seeds = data.get("seeds")
     if seeds is not None and not (isinstance(seeds, list) and all(type(s) is int for s in seeds)):
         raise ConfigError(f"--plan {path}: seeds must be a list of integers")
-    return PlanFile(path, data.get("preset"), data.get("tasks"), seeds, list(data.get("set", [])), checked)
+    overrides = list(data.get("set", []))
+    return PlanFile(path, data.get("preset"), data.get("tasks"), seeds, overrides, checked, data.get("recipe"))
 
 
 def _is_strings(value: object) -> bool:
@@ -116,7 +125,10 @@ class RunPlan:
     tune: str | None = None  # "section.key=v1,v2,...": the same candidates for every method
     command: str | None = None  # the command line that asked for these runs; every record keeps it
     workers: int | None = 1  # runs at once, each in a process of its own (bench.workers); None: one per core
+    claim_timeout: float = DEFAULT_TIMEOUT_S  # seconds without a heartbeat before a run's claim is taken over
     keep_checkpoints: bool = False  # keep OUT/checkpoints/<run key> once the run has its record
+    recipe: str | None = None  # "official" or a recipe's name (bench.recipe): overrides before `overrides`
+    tracking: Tracking = field(default_factory=Tracking)  # experiment trackers (`--log`, bench.tracking)
 
     def candidates_of(self, method: str) -> list[Candidate]:
         if self.tune:
@@ -163,6 +175,7 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
         get_task(t)
     sections = all_sections()
     base = parse_overrides(plan.overrides, sections)
+    recipes = recipes_for(plan.recipe, product(plan.methods, plan.tasks)) if plan.recipe else {}
     tagged = bool(plan.tune or plan.candidates)
     data: dict[str, DataSource] = {}
     for task_name, path in plan.source.items():
@@ -177,10 +190,12 @@ def resolve(plan: RunPlan) -> list[ResolvedRun]:
         real = data.get(task_name)
         source = real.path if real is not None else "synthetic"
         for method in plan.methods:
+            recipe = recipes.get((method, task_name))
             for seed in plan.seeds:
                 for candidate in plan.candidates_of(method):
-                    overrides = base + parse_overrides(list(candidate), sections)
+                    overrides = (applied(recipe) if recipe else []) + base + parse_overrides(list(candidate), sections)
                     tags = {"candidate": candidate_label(candidate)} if tagged else {}
+                    tags |= recipe.tags if recipe else {}
                     task_cfg = build_section(task.config_cls, task_name, preset.data, overrides)
                     runs.append(
                         ResolvedRun(

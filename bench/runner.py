@@ -3,22 +3,24 @@ appends one record each. A failure ends that run with a status, never the sweep.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bench.checkpoint import interrupts
+from bench.claims import open_share
 from bench.config import ResolvedRun
 from bench.device import check_workers, is_main_process, threads_per_worker
-from bench.jobs import Context, Display, Job, job_checkpoint, job_key, run_serially
+from bench.gpus import worker_gpus
+from bench.jobs import Context, Display, Job, job_checkpoint, job_key, progress_bars, run_serially
 from bench.plan import RunPlan, resolve
 from bench.presets import get_preset
 from bench.pretrain import ensure_shipped
 from bench.registry import get_task
-from bench.results import ResultsStore, Status, git_state
+from bench.results import ResultsStore, RunRecord, Status, git_state
 from bench.workers import run_in_processes
 
 
@@ -56,42 +58,46 @@ def execute(
             console.print(f"rerun {job.label}: its tower weights differ from those {store.path} recorded")
         todo.append(job)
     processes = min(check_workers(plan.workers, plan.device), len(todo)) or 1
+    gpus = worker_gpus(plan.device, processes)
     checkpoints = out_dir / "checkpoints"
-    context = Context(plan.preset, git_state(out_dir), plan.command, processes, checkpoints)
+    tracking = replace(plan.tracking, out=out_dir, display=console.is_terminal)  # a terminal's lines show the loss
+    context = Context(plan.preset, git_state(out_dir), plan.command, processes, checkpoints, tracking)
     for job in todo:
         if (checkpoint := job_checkpoint(job, checkpoints)).exists():
             console.print(f"resume {job.label} from {checkpoint.path}")
-    if processes > 1:
+    if gpus:
+        console.print(f"{len(todo)} runs, one per GPU on GPUs {', '.join(gpus)}")
+    elif processes > 1:
         threads = threads_per_worker(processes)
         console.print(f"{len(todo)} runs, {processes} at a time with {threads} thread(s) each; timing passes run alone")
-    with (
-        interrupts(plan.command),
-        Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-        ) as progress,
-    ):
-        overall = progress.add_task("runs", total=len(runs), completed=len(records))
+    share = open_share(out_dir, plan.claim_timeout, report.records, console)  # other commands on this OUT
+    with interrupts(plan.command), share.held(), progress_bars(console) as progress:
+        overall = progress.add_task("runs", total=len(runs), completed=len(records), state="")
         display = Display(progress)
-        if processes == 1:
-            done = run_serially(todo, context, display)
-        else:
-            done = run_in_processes(todo, context, display, processes)
-        for job, record in done:
-            if is_main_process():  # under torchrun every rank has the same record; one is kept
+
+        def run(jobs: list[Job]) -> Iterator[tuple[Job, RunRecord]]:
+            if processes == 1:
+                return run_serially(jobs, context, display, share.take)
+            return run_in_processes(jobs, context, display, processes, share.take, gpus)
+
+        for job, record in share.rounds(todo, run):
+            if is_main_process() and share.keep(job, record):  # under torchrun every rank has the same record
                 store.append(record)
                 if not plan.keep_checkpoints:
                     job_checkpoint(job, checkpoints).remove()
+            share.release(job)
             records[job.index] = record.to_dict()
             if on_record is not None:
                 on_record(records[job.index])
             metric = get_task(job.run.task).selection_metric
             shown = f"{metric}={record.metrics.get(metric, float('nan')):.2f}" if record.ok else record.error
             console.print(f"{'done' if record.ok else record.status} {job.label}: {shown} ({record.wall_s:.1f}s)")
+            progress.advance(overall)
+        for job, found in share.finished:  # runs that other commands did meanwhile
+            records[job.index] = found
+            if on_record is not None:
+                on_record(found)
+            console.print(f"{found['status']} {job.label}: recorded by another command")
             progress.advance(overall)
     return [records[i] for i in sorted(records)]
 

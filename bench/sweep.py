@@ -35,6 +35,7 @@ from bench.device import threads_per_worker
 from bench.plan import RunPlan, all_sections
 from bench.registry import get_task
 from bench.runner import execute
+from bench.tracking import Tracking
 
 HEARTBEAT_ATTR = "bench:heartbeat"
 MAX_RETRY = 3  # a trial that keeps killing its worker is given up after this many retries
@@ -66,6 +67,7 @@ class SweepSpec:
     study: str = ""
     device: str = "auto"
     command: str | None = None  # the sweep's command line, kept in every run record
+    tracking: Tracking = field(default_factory=Tracking)  # each trial's runs' trackers (`--log`)
 
     def __post_init__(self) -> None:
         if not self.grid:
@@ -229,6 +231,7 @@ def make_objective(spec: SweepSpec, out: Path, console: Console) -> Callable[[Tr
             force=True,  # a point shared with another study or an earlier run is rerun and tagged here
             tags={"study": spec.study, "trial": str(trial.number), "swept": ",".join(spec.grid)},
             command=spec.command,
+            tracking=spec.tracking,
         )
         try:
             records = execute(plan, out, console)

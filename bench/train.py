@@ -28,6 +28,7 @@ from bench.registry import get_task
 from bench.schedule import build_scheduler
 from bench.step_budget import StepBudget, step_budget
 from bench.tasks.base import Batch, Task, TaskModel, TensorAVDataset, training_loss
+from bench.tracking import RunObserver
 
 
 class NonFiniteLoss(RuntimeError):
@@ -107,6 +108,7 @@ def train_run(
     on_step: Callable[[int, int], None] | None = None,
     gate: Gate | None = None,
     checkpoint: RunCheckpoint | None = None,
+    observer: RunObserver | None = None,
 ) -> RunOutcome:
     """Train for the run's step budget (the preset's epochs, or the reference method's
     training FLOPs), validating at each epoch end and after the last, possibly partial,
@@ -116,7 +118,9 @@ def train_run(
 
     With a `checkpoint` (bench.checkpoint), training is saved at every epoch end and, on
     SIGTERM or SIGINT, at the next optimizer step, then RunInterrupted is raised; a run that
-    finds its checkpoint continues from it and ends as it would have uninterrupted."""
+    finds its checkpoint continues from it and ends as it would have uninterrupted. An
+    `observer` (bench.tracking) gets each batch's loss, still on the device, with the
+    learning rates, and each epoch's val selection metric."""
     gate = gate or Gate()
     task = get_task(run.task)
     device = resolve_device(run.device)
@@ -146,6 +150,8 @@ def train_run(
             checkpoint.save(snapshot(model, optimizer, scheduler, state, shuffle, budget, device))
 
     k = cfg.accumulate
+    if observer is not None:
+        observer.start(state.step)
     with StopRequests() as stop:
         while state.step < budget.steps and not state.patience_spent(cfg.patience):
             model.train()
@@ -165,6 +171,8 @@ def train_run(
                         optimizer.zero_grad(set_to_none=True)
                     (loss * (scale / group)).backward()  # the group's mean loss
                 state.step += 1
+                if observer is not None:  # the rates this batch's optimizer step applies
+                    observer.step(state.step, state.epoch, loss, group_rates(optimizer))
                 if on_step is not None:
                     on_step(state.step, budget.steps)
                 if last:
@@ -181,6 +189,8 @@ def train_run(
                 raise NonFiniteLoss(f"loss is {loss.item()} after epoch {state.epoch}")
             scores = evaluate(model, task, run.task_cfg, datasets["val"], cfg.batch_size, device, amp, gate)
             state.validated(scores[task.selection_metric], model)
+            if observer is not None:
+                observer.epoch_end(scores[task.selection_metric])
             save(gen.get_state())
             if stop.asked(device):
                 raise RunInterrupted(stop.signum or signal.SIGTERM)
@@ -200,6 +210,11 @@ def train_run(
     return RunOutcome(
         metrics, efficiency, state.best_epoch, state.history, built.tower_records(), budget.record() | stopped, per_item
     )
+
+
+def group_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """Each parameter group's learning rate, by the group's name (bench.build.param_groups)."""
+    return {group.get("name", str(i)): group["lr"] for i, group in enumerate(optimizer.param_groups)}
 
 
 def first_batch(ds: Dataset, run: ResolvedRun, device: torch.device) -> Batch:

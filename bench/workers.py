@@ -2,8 +2,9 @@
 
 Small models use a second thread poorly (the tiny towers train 1.1-1.25 x faster on two threads
 than on one), so on a CPU N runs at once, one core each, finish sooner than N runs in turn.
-Every timing pass still runs alone (bench.gate), a run is the same computation wherever it
-runs (its record gives its threads), and only this process writes records. A worker keeps
+Every timing pass still runs alone on its device (bench.gate), a run is the same computation wherever it
+runs (its record gives its threads), and only this process writes records. On CUDA each
+worker has a GPU of its own (bench.gpus), and its record names it. A worker keeps
 the datasets of its last task, and is given runs of that task first. A worker exits, quietly,
 when this process dies, however it dies.
 """
@@ -17,7 +18,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -27,7 +28,8 @@ from bench.checkpoint import RunInterrupted
 from bench.config import ConfigError
 from bench.data.errors import DataError
 from bench.device import threads_per_worker
-from bench.gate import ProcessGate
+from bench.gate import Gate, ProcessGate
+from bench.gpus import only
 from bench.jobs import Context, DataCache, Display, Job, data_key, job_record, run_one
 from bench.presets import get_preset
 from bench.results import RunRecord, Status
@@ -39,12 +41,13 @@ PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 class Worker:
     """The parent's handle on one process doing runs, and what that process holds."""
 
-    def __init__(self, ctx: Any, slot: int, gate: ProcessGate, context: Context, threads: int) -> None:
+    def __init__(self, ctx: Any, slot: int, gate: Gate, context: Context, threads: int, gpu: str | None = None) -> None:
         self.slot = slot
         self.conn, child = ctx.Pipe()
         args = (child, slot, gate, context, threads, os.getpid())
         self.process = ctx.Process(target=serve, args=args, daemon=True)
-        self.process.start()
+        with only(gpu):  # on CUDA: the worker's one GPU, from its birth
+            self.process.start()
         child.close()  # the parent's copy: the pipe reads EOF when the process dies
         self.job: Job | None = None
         self.data: str | None = None  # data_key of the datasets it holds
@@ -71,28 +74,36 @@ class Worker:
 
 
 def run_in_processes(
-    jobs: list[Job], context: Context, display: Display, processes: int
+    jobs: list[Job],
+    context: Context,
+    display: Display,
+    processes: int,
+    take: Callable[[Job], bool] = lambda job: True,
+    gpus: list[str] | None = None,
 ) -> Iterator[tuple[Job, RunRecord]]:
-    """Each job in one of `processes` processes, yielded as it finishes."""
+    """Each job that `take` gives this command (bench.claims) in one of `processes` processes,
+    yielded as it finishes; with `gpus`, process i sees only gpus[i], and being alone on its
+    device it times its steps without pausing the others (on a CPU they share one gate)."""
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or CUDA state
-    gate = ProcessGate(ctx, processes)
+    gate = ProcessGate(ctx, processes) if gpus is None else Gate()
     threads = threads_per_worker(processes)
     shape = get_preset(context.preset).shape
     pending = list(jobs)
     workers: list[Worker] = []
 
     def dispatch(worker: Worker) -> None:
-        if not pending:
-            return
-        held = {w.data for w in workers if w is not worker and w.job is not None}
-        job = next_job(pending, worker.data, held, shape)
-        pending.remove(job)
-        worker.give(job, data_key(job.run, shape))
-        display.start(worker.slot, job.label)
+        while pending:
+            held = {w.data for w in workers if w is not worker and w.job is not None}
+            job = next_job(pending, worker.data, held, shape)
+            pending.remove(job)
+            if take(job):
+                worker.give(job, data_key(job.run, shape))
+                display.start(worker.slot, job.label)
+                return
 
     try:
         for slot in range(processes):
-            workers.append(Worker(ctx, slot, gate, context, threads))
+            workers.append(Worker(ctx, slot, gate, context, threads, gpus[slot] if gpus else None))
             dispatch(workers[-1])
         while any(w.job is not None for w in workers):
             busy = {w.conn: w for w in workers if w.job is not None}
@@ -120,7 +131,8 @@ def run_in_processes(
                         error = f"its worker process died (exit code {worker.process.exitcode})"
                         yield job, job_record(job, context, Status.ERROR, error, time.perf_counter() - worker.started)
                         if pending:
-                            workers[worker.slot] = worker = Worker(ctx, worker.slot, gate, context, threads)
+                            gpu = gpus[worker.slot] if gpus else None
+                            workers[worker.slot] = worker = Worker(ctx, worker.slot, gate, context, threads, gpu)
                     else:
                         yield job, body[0]
                     dispatch(worker)
@@ -153,8 +165,8 @@ def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, thre
     preset, cache = get_preset(context.preset), DataCache()
     warnings.showwarning = lambda message, category, *rest: conn.send(("warning", str(message), category))
 
-    def step(done: int, total: int) -> None:
-        conn.send(("step", done, total))
+    def step(done: int, total: int, epoch: int | None, loss: float | None) -> None:
+        conn.send(("step", done, total, epoch, loss))
 
     try:
         while (job := conn.recv()) is not None:

@@ -27,6 +27,16 @@ SPLITS = ("train", "val", "test")  # every task provides these three
 SMALL = {"num_train": 3, "num_val": 4, "num_test": 2}  # videos per split: seconds for every task
 EVAL_BATCH = 2  # the val and test splits are scored over several batches, as the runner does
 PERCENT = (0.0, 100.0)  # the range of every metric a registered task reports
+# a task's other heads (its config's switch), each run through the same contract
+HEAD_VARIANTS = {
+    "ave": [["ave.head=cmbs"]],
+    "avvp": [["avvp.head=han"]],
+    "avs_s4": [["avs_s4.head=avsbench"]],
+    "avs_ms3": [["avs_ms3.head=avsbench"]],
+}
+VARIANTS = [(name, []) for name in task_names()] + [
+    (name, extra) for name, variants in HEAD_VARIANTS.items() for extra in variants
+]
 
 
 @dataclass
@@ -47,11 +57,11 @@ def small_overrides(name: str, task: Task) -> list[str]:
     return [f"{name}.{key}={value}" for key, value in SMALL.items() if key in fields]
 
 
-@pytest.fixture(scope="module", params=task_names())
+@pytest.fixture(scope="module", params=VARIANTS, ids=lambda v: "+".join([v[0], *v[1]]))
 def case(request: pytest.FixtureRequest) -> Case:
-    name = request.param
+    name, extra = request.param
     task = get_task(name)
-    overrides = small_overrides(name, task)
+    overrides = small_overrides(name, task) + extra
     cfg = build_section(task.config_cls, name, PRESET.data, parse_overrides(overrides, all_sections()))
     (run,) = resolve(RunPlan(methods=["frozen"], tasks=[name], preset="smoke", overrides=overrides))
     data = task.datasets(cfg, PRESET.shape, "synthetic")

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 
 from bench.cli import check_budgets, data, listing, pretrain, profile, results, run, sweep
 from bench.cli.args import DEFAULT_OUT, UsageError, check_folders
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             check_folders(args)
             return COMMANDS[args.command].execute(args, console)
     except (UsageError, ConfigError, DataError, UnknownNameError) as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}")  # a message's brackets are its own (e.g. an extra)
         return 2
     except KeyboardInterrupt as stopped:  # Ctrl-C, SIGTERM, or bench.checkpoint.RunInterrupted
         signum = signal.Signals(getattr(stopped, "signum", signal.SIGINT))

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from pathlib import Path
 
 from bench.presets import PRESETS
+from bench.tracking import DEFAULT_EVERY, DEFAULT_PROJECT, Tracking, check_trackers, tracker_names
 from mettle_core.interface import UnknownNameError
 
 DEFAULT_OUT = Path("runs")  # git-ignored: a newcomer's first run really runs (results/ holds the committed ones)
@@ -15,6 +17,7 @@ DEVICES = ["auto", "cpu", "cuda"]
 # torch takes seeds below 2**64, but a run derives seeds from its own (a tower's init: seed * 100
 # + role; pretraining: seed * 1000 + corpus), and those must fit too.
 SEED_LIMIT = 2**32
+SLURM_TIME = re.compile(r"^(?:(?:(\d+)-)?(\d+):)?(\d+):(\d+)$")  # [D-]HH:MM:SS or MM:SS
 
 
 class UsageError(Exception):
@@ -108,3 +111,71 @@ def check_folders(args: argparse.Namespace) -> None:
         for folder in (path, *path.parents):
             if folder.exists() and not folder.is_dir():
                 raise UsageError(f"--{flag} {path}: {folder} is a file, not a folder")
+
+
+def time_limit(text: str) -> int:
+    """A Slurm time limit (`12:00:00`, `1-00:00:00`, `30:00`, or minutes: `90`) in whole minutes."""
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    match = SLURM_TIME.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"--time expects minutes, MM:SS, HH:MM:SS or D-HH:MM:SS, got {text!r}")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return max(days * 1440 + hours * 60 + minutes + math.ceil(seconds / 60), 1)
+
+
+def count(text: str) -> int:
+    """A whole number >= 0."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def trackers(text: str) -> tuple[str, ...]:
+    try:
+        return tracker_names(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def add_tracking_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--log` and its settings, for the commands that train runs."""
+    parser.add_argument(
+        "--log",
+        type=trackers,
+        default=(),
+        metavar="TRACKERS",
+        help="experiment trackers, comma-separated: tensorboard (OUT/tensorboard/<run key>), wandb "
+        "(optional extras of the same names); default none",
+    )
+    parser.add_argument("--wandb-project", default=DEFAULT_PROJECT, help="the W&B project of --log wandb's runs")
+    parser.add_argument(
+        "--log-every",
+        type=int,
+        default=DEFAULT_EVERY,
+        metavar="N",
+        help=f"batches between two train-loss points of the trackers (each reads the loss; default {DEFAULT_EVERY})",
+    )
+
+
+def tracking_of(args: argparse.Namespace) -> Tracking:
+    """The trackers asked for, each checked to be installed before any work."""
+    require_positive(args, "log_every")
+    check_trackers(args.log)
+    return Tracking(args.log, project=args.wandb_project, every=args.log_every)

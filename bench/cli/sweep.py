@@ -12,10 +12,12 @@ from bench.cli.args import (
     DEVICES,
     PRESET_HELP,
     UsageError,
+    add_tracking_arguments,
     check_seeds,
     preset_name,
     require_positive,
     seeds,
+    tracking_of,
 )
 from bench.cli.command import Command
 from bench.cli.console import print_table
@@ -45,6 +47,7 @@ def add_arguments(sweep: argparse.ArgumentParser) -> None:
     sweep.add_argument("--device", default="auto", choices=DEVICES)
     sweep.add_argument("--out", type=Path, default=DEFAULT_OUT)
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_tracking_arguments(sweep)
 
 
 def sweep_spec(args: argparse.Namespace):
@@ -74,6 +77,7 @@ def sweep_spec(args: argparse.Namespace):
         study=args.study or study_name(data, task, preset),
         device=args.device,
         command=args.command_line,
+        tracking=tracking_of(args),
     )
 
 

@@ -41,6 +41,8 @@ def frame(records: list[dict[str, Any]]) -> pd.DataFrame:
         tags = r.get("tags") or {}
         if "candidate" in tags:
             row["candidate"] = tags["candidate"]
+        if "recipe" in tags:  # bench.recipe: its name and the start of its content hash
+            row["recipe"] = f"{tags['recipe']} ({tags.get('recipe_sha256', '')[:8]})"
         row.update({f"metric.{k}": v for k, v in r["metrics"].items() if isinstance(v, int | float)})
         row.update({f"eff.{k}": v for k, v in r["efficiency"].items() if isinstance(v, int | float)})
         if "metrics_per_item" in r:
@@ -68,8 +70,9 @@ def summarize(records: list[dict[str, Any]], reference: str | None = None, boots
     per_seed = df.groupby([*keys, "seed"], sort=False).mean(numeric_only=True)
     grouped = per_seed.groupby(level=keys, sort=False)
     out = grouped.mean().join(grouped.agg(ci_half_width).add_suffix(".ci")).join(grouped.size().rename("seeds"))
-    if "candidate" in df:
-        out = out.join(df.groupby(keys, sort=False)["candidate"].agg(lambda v: " | ".join(dict.fromkeys(v.dropna()))))
+    for col in ("candidate", "recipe"):
+        if col in df:
+            out = out.join(df.groupby(keys, sort=False)[col].agg(lambda v: " | ".join(dict.fromkeys(v.dropna()))))
     samples = {key: part.droplevel(keys) for key, part in per_seed.groupby(level=keys, sort=False)}
     out = out.join(_marks(out.index, samples))
     if bootstrap:
@@ -203,7 +206,7 @@ def paper_table(summary: pd.DataFrame, all_metrics: bool = False) -> pd.DataFram
     """The display table: metric mean ± 95 % CI half-width (the selection metric, or all),
     its paired difference to the reference, the bootstrap interval where asked, efficiency
     in readable units, ratios to the reference; the config of each row where a method has
-    several."""
+    several, and its recipe (bench.recipe) where some row ran one."""
     delta = f"Δ vs {summary.attrs['reference']}" if "ref_delta" in summary else None
     rows = []
     for _, r in summary.iterrows():
@@ -211,6 +214,8 @@ def paper_table(summary: pd.DataFrame, all_metrics: bool = False) -> pd.DataFram
         row: dict[str, Any] = {"task": r["task"], "method": r["method"]}
         if "config" in summary:
             row["config"] = r["config"]
+        if "recipe" in summary:
+            row["recipe"] = r["recipe"]
         row |= {"seeds": int(r["seeds"]), "metric": task.selection_metric}
         for key in task.metric_keys if all_metrics else ("value",):
             col = f"metric.{task.selection_metric if key == 'value' else key}"

@@ -7,18 +7,21 @@ over all N x T segments, background included.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from bench.config import unkeyed
+from bench.config import keyed_when_set, unkeyed
 from bench.data.missing import MissingMedia
 from bench.data.synthetic import SHAPES, render_audio, render_visual
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
+from bench.tasks.heads.cmbs import CmbsHead, CmbsOutput, cmbs_loss, cmbs_segment_classes
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, validate_config
 
 NUM_EVENTS = 28
@@ -27,8 +30,9 @@ BACKGROUND = NUM_EVENTS
 
 @dataclass
 class AveConfig:
-    """Synthetic AVE sizes and difficulty (real data ignores the sizes), and what real data
-    does with listed videos that have no prepared media (bench.data.missing)."""
+    """Synthetic AVE sizes and difficulty (real data ignores the sizes), what real data
+    does with listed videos that have no prepared media (bench.data.missing), and the head:
+    the harness's own (`head_hidden` wide) or DG-SCT's published CMBS head (its own widths)."""
 
     num_train: int = 400
     num_val: int = 100
@@ -40,6 +44,7 @@ class AveConfig:
     near_miss: float = 1.0  # chance that a distractor shares the event's colour / pitch
     noise: float = 0.15
     head_hidden: int = 128
+    head: Literal["harness", "cmbs"] = keyed_when_set("harness")
     missing_media: MissingMedia = unkeyed("skip")  # real data: listed videos without prepared media
 
     def __post_init__(self) -> None:
@@ -139,6 +144,12 @@ class AveHead(nn.Module):
         return self.classify(x)  # [B, T, 29]
 
 
+HEADS: dict[str, Callable[[AveConfig, AdaptedEncoder], nn.Module]] = {
+    "harness": lambda cfg, encoder: AveHead(encoder.audio_dim, encoder.visual_dim, cfg.head_hidden),
+    "cmbs": lambda cfg, encoder: CmbsHead(encoder.audio_dim, encoder.visual_dim, NUM_EVENTS),
+}
+
+
 class AveTask(Task):
     name = "ave"
     config_cls = AveConfig
@@ -163,12 +174,18 @@ class AveTask(Task):
         return load_ave(root, shape, cfg.missing_media)
 
     def head(self, cfg: AveConfig, encoder: AdaptedEncoder) -> nn.Module:
-        return AveHead(encoder.audio_dim, encoder.visual_dim, cfg.head_hidden)
+        return HEADS[cfg.head](cfg, encoder)
 
-    def loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
+    def loss(self, output: torch.Tensor | CmbsOutput, batch: Batch) -> torch.Tensor:
+        if isinstance(output, CmbsOutput):
+            return cmbs_loss(output, batch["label"], BACKGROUND)
         return F.cross_entropy(output.flatten(0, 1), batch["label"].flatten())
 
-    def predictions(self, output: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
+    def predictions(self, output: torch.Tensor | CmbsOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        """Per-segment classes: the harness head's arg-max, or CMBS's decision from its
+        segment relevance and its video category."""
+        if isinstance(output, CmbsOutput):
+            return {"pred": cmbs_segment_classes(output, BACKGROUND).detach(), "label": batch["label"]}
         return {"pred": output.argmax(-1).detach(), "label": batch["label"]}
 
     def score(self, cfg: AveConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:

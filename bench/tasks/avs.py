@@ -2,9 +2,11 @@
 
 Every frame shows several objects; the mask covers the one(s) that sound. The
 S4 train split supervises only the first frame (as AVSBench): a `frame_weight`
-[N, T] target marks the supervised frames. One mask decoder serves every method.
-The head returns logits at the finest map's resolution; `loss` and `predictions`
-upsample them to the mask (input frame) size, so the head needs no image size.
+[N, T] target marks the supervised frames. One mask decoder serves every method,
+chosen by `head`: the harness's own (`harness`, the default) or AVSBench's
+(`avsbench`, bench.tasks.heads.avsbench, with its MS3 matching term in the loss).
+A head returns logits at its own resolution; `loss` and `predictions` upsample
+them to the mask (input frame) size, so the head needs no image size.
 Metrics: mIoU (selection) and F-score, pooled as AVSBench's released test script
 pools them (`protocol = avsbench`, batches of `eval_batch_size` consecutive videos) or
 per video (`per_video`); see bench.metrics.avs.
@@ -12,6 +14,7 @@ per video (`per_video`); see bench.metrics.avs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
@@ -21,11 +24,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from bench.config import unkeyed
+from bench.config import keyed_when_set, unkeyed
 from bench.data.missing import MissingMedia
 from bench.data.synthetic import MAX_CLASSES, render_audio, render_visual
 from bench.metrics.avs import avsbench_batches, avsbench_scores, frame_iou, fscore, miou
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
+from bench.tasks.heads.avsbench import AvsbenchDecoder, AvsbenchOutput
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, validate_config
 
 FRAMES = 5
@@ -45,7 +49,8 @@ class AvsConfig:
     max_sources: int = 1  # sounding objects per video: 1 (S4) or 1..max_sources (MS3)
     offscreen: float = 0.0  # chance per frame that the sounding objects are out of view
     noise: float = 0.15
-    head_width: int = 64
+    head: Literal["harness", "avsbench"] = keyed_when_set("harness")  # the mask decoder (HEADS)
+    head_width: int = 64  # the harness head's width (AVSBench's is 256, as published)
     protocol: Literal["avsbench", "per_video"] = "avsbench"  # how val/test frames are pooled (bench.metrics.avs)
     eval_batch_size: int = 4  # videos per pooled batch under `avsbench` (its test.sh: --test_batch_size 4)
     missing_media: MissingMedia = unkeyed("skip")  # real data: listed videos without prepared media
@@ -134,6 +139,25 @@ class AvsHead(nn.Module):
         return logits.view(b, t, *logits.shape[-2:])
 
 
+def harness_head(cfg: AvsConfig, encoder: AdaptedEncoder) -> nn.Module:
+    return AvsHead(tuple(encoder.map_channels), encoder.audio_dim, cfg.head_width)
+
+
+def avsbench_head(cfg: AvsConfig, encoder: AdaptedEncoder) -> nn.Module:
+    return AvsbenchDecoder(tuple(encoder.map_channels), encoder.audio_dim)
+
+
+HEADS: dict[str, Callable[[AvsConfig, AdaptedEncoder], nn.Module]] = {
+    "harness": harness_head,
+    "avsbench": avsbench_head,
+}
+
+
+def decoder_logits(output: torch.Tensor | AvsbenchOutput) -> torch.Tensor:
+    """The [B, T, h, w] logits of either head's output."""
+    return output.logits if isinstance(output, AvsbenchOutput) else output
+
+
 def full_resolution(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Upsample [B, T, h, w] decoder logits to the frame size [B, T, H, W]."""
     if tuple(logits.shape[-2:]) == tuple(size):
@@ -146,6 +170,9 @@ class _AvsTask(Task):
     metric_keys = ("miou", "fscore")
     chance = "all-background masks"
     variant: ClassVar[str]
+    # weight of the avsbench head's audio-visual matching term, as each train.sh sets it: S4 passes
+    # no --sa_loss_flag (off); MS3 --masked_av_flag --lambda_1 0.5
+    matching_weight: ClassVar[float]
 
     def spec(self, cfg: AvsConfig) -> TaskSpec:
         return TaskSpec(self.name, FRAMES, needs_maps=True, kind="segmentation")
@@ -165,18 +192,23 @@ class _AvsTask(Task):
         return load_avsbench(root, self.variant, shape, cfg.missing_media)
 
     def head(self, cfg: AvsConfig, encoder: AdaptedEncoder) -> nn.Module:
-        return AvsHead(tuple(encoder.map_channels), encoder.audio_dim, cfg.head_width)
+        return HEADS[cfg.head](cfg, encoder)
 
-    def loss(self, output: torch.Tensor, batch: Batch) -> torch.Tensor:
-        """BCE with logits averaged over the pixels of the supervised frames only."""
+    def loss(self, output: torch.Tensor | AvsbenchOutput, batch: Batch) -> torch.Tensor:
+        """BCE with logits averaged over the pixels of the supervised frames only (AVSBench's
+        S4 loss on the first frame, its MS3 loss on all five), plus the avsbench head's
+        matching term at the task's `matching_weight`."""
         mask = batch["mask"]
-        logits = full_resolution(output, mask.shape[-2:])
+        logits = full_resolution(decoder_logits(output), mask.shape[-2:])
         per_frame = F.binary_cross_entropy_with_logits(logits, mask.float(), reduction="none").mean((-2, -1))
         weight = batch["frame_weight"].float()
-        return (per_frame * weight).sum() / weight.sum().clamp(min=1)
+        bce = (per_frame * weight).sum() / weight.sum().clamp(min=1)
+        if isinstance(output, AvsbenchOutput) and self.matching_weight:
+            return bce + self.matching_weight * output.matching_loss()
+        return bce
 
-    def predictions(self, output: torch.Tensor, batch: Batch) -> dict[str, torch.Tensor]:
-        logits = full_resolution(output.detach(), batch["mask"].shape[-2:])
+    def predictions(self, output: torch.Tensor | AvsbenchOutput, batch: Batch) -> dict[str, torch.Tensor]:
+        logits = full_resolution(decoder_logits(output).detach(), batch["mask"].shape[-2:])
         return {"logits": logits, "mask": batch["mask"], "frame_weight": batch["frame_weight"]}
 
     def score(self, cfg: AvsConfig, preds: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -208,12 +240,14 @@ class AvsS4Task(_AvsTask):
     name = "avs_s4"
     variant = "s4"
     config_cls = AvsConfig
+    matching_weight = 0.0
 
 
 class AvsMs3Task(_AvsTask):
     name = "avs_ms3"
     variant = "ms3"
     config_cls = AvsMs3Config
+    matching_weight = 0.5
 
 
 S4_TASK = AvsS4Task()

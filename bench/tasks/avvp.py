@@ -7,27 +7,32 @@ segment-level Type@AV, the figure the reference AVVP code selects checkpoints by
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from bench.config import unkeyed
+from bench.config import keyed_when_set, unkeyed
 from bench.data.llp import NUM_CLASSES, load_llp
 from bench.data.missing import MissingMedia
 from bench.data.synthetic import render_audio, render_visual
 from bench.metrics.avvp import METRIC_KEYS, avvp_scores, avvp_video_scores, parse_predictions
 from bench.tasks.base import Batch, DataShape, Task, TensorAVDataset
+from bench.tasks.heads.han import HanHead, HanOutput, han_loss
 from mettle_core.interface import AdaptedEncoder, AVFeatures, TaskSpec, validate_config
 
 
 @dataclass
 class AvvpConfig:
     """Synthetic AVVP sizes and difficulty (real data ignores the sizes), the head, and what
-    real data does with listed videos that have no prepared media (bench.data.missing)."""
+    real data does with listed videos that have no prepared media (bench.data.missing).
+    `head`: the harness's own (`head_hidden` wide, `head_heads` heads) or HAN as its paper
+    released it (bench.tasks.heads.han, its own widths)."""
 
     num_train: int = 400
     num_val: int = 100
@@ -40,6 +45,7 @@ class AvvpConfig:
     noise: float = 0.15
     head_hidden: int = 128
     head_heads: int = 4
+    head: Literal["harness", "han"] = keyed_when_set("harness")
     missing_media: MissingMedia = unkeyed("skip")  # real data: listed videos without prepared media
 
     def __post_init__(self) -> None:
@@ -139,6 +145,19 @@ class AvvpHead(nn.Module):
         return {"video": video, "audio": seg_prob[:, :, 0], "visual": seg_prob[:, :, 1]}
 
 
+def video_bce(output: dict[str, torch.Tensor], label: torch.Tensor) -> torch.Tensor:
+    """BCE on the video-level labels only (the weak supervision of LLP)."""
+    return F.binary_cross_entropy(output["video"].clamp(1e-6, 1 - 1e-6), label)
+
+
+HEADS: dict[str, Callable[[AvvpConfig, AdaptedEncoder], nn.Module]] = {
+    "harness": lambda cfg, encoder: AvvpHead(encoder.audio_dim, encoder.visual_dim, cfg.head_hidden, cfg.head_heads),
+    "han": lambda cfg, encoder: HanHead(encoder.audio_dim, encoder.visual_dim, NUM_CLASSES),
+}
+# Each head's weak loss, by the type of its output (the harness head's is a plain dict).
+LOSSES: dict[type, Callable[[Any, torch.Tensor], torch.Tensor]] = {dict: video_bce, HanOutput: han_loss}
+
+
 class AvvpTask(Task):
     name = "avvp"
     config_cls = AvvpConfig
@@ -161,13 +180,15 @@ class AvvpTask(Task):
         return load_llp(root, shape, cfg.missing_media)
 
     def head(self, cfg: AvvpConfig, encoder: AdaptedEncoder) -> nn.Module:
-        return AvvpHead(encoder.audio_dim, encoder.visual_dim, cfg.head_hidden, cfg.head_heads)
+        return HEADS[cfg.head](cfg, encoder)
 
     def loss(self, output: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
-        """BCE on the video-level labels only (the weak supervision of LLP)."""
-        return F.binary_cross_entropy(output["video"].clamp(1e-6, 1 - 1e-6), batch["label"].float())
+        """The weak loss of the head that gave `output`: video-level labels only."""
+        return LOSSES[type(output)](output, batch["label"].float())
 
     def predictions(self, output: dict[str, torch.Tensor], batch: Batch) -> dict[str, torch.Tensor]:
+        """Every head gives video-level and per-segment probabilities per modality; the metric
+        thresholds them at 0.5 as the official evaluation does (bench.metrics.avvp)."""
         preds = {
             "video_prob": output["video"].detach(),
             "audio_prob": output["audio"].detach().transpose(1, 2),  # [B, C, T]

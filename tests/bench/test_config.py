@@ -100,14 +100,16 @@ def test_every_float_a_preset_gives_a_section_must_be_finite():
 
 
 def test_a_field_keyed_when_set_is_stored_only_off_its_default():
-    """Recorded runs keep their configs (and keys) when such a field is added at a default
-    that computes what they computed; a run that sets it is a different run."""
+    """Recorded runs keep their configs (and keys) when such fields are added at defaults that
+    compute what they computed; a run that sets one is a different run, and says them all."""
 
     @dataclasses.dataclass
     class Section:
         kept: int = 1
         added: str = keyed_when_set("old")
+        its_parameter: float = keyed_when_set(0.5)
         read_only: int = unkeyed(0)
 
     assert as_dict(Section()) == {"kept": 1}
-    assert as_dict(Section(added="new", read_only=3)) == {"kept": 1, "added": "new"}
+    assert as_dict(Section(added="new", read_only=3)) == {"kept": 1, "added": "new", "its_parameter": 0.5}
+    assert as_dict(Section(its_parameter=0.25)) == {"kept": 1, "added": "old", "its_parameter": 0.25}

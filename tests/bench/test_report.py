@@ -165,7 +165,7 @@ def test_candidates_are_chosen_by_mean_val_rank_over_tasks_never_by_test(tmp_pat
 
 
 def test_a_row_is_one_method_at_one_config_labelled_by_what_differs(tmp_path):
-    """The issue's repro: frozen run with --set train.head_lr=1e-1, then without. Two configs of
+    """The reported case: a frozen run with --set train.head_lr=1e-1, then without. Two configs of
     one seed each are two rows, not one row of two "seeds" (6.25 ± 6.25); one seed prints its
     value alone."""
     tuned = _record("frozen", 0, 0.0, 100.0, 0.1, {"train": {"head_lr": 0.1, "lr": 0.001}})

@@ -218,7 +218,7 @@ def test_an_interrupted_command_names_the_command_that_resumes_it_and_the_rerun_
     (key,) = [r["key"] for r in kept]
     assert (tmp_path / "whole" / "checkpoints" / key / "checkpoint.pt").is_file()
 
-    monkeypatch.setattr(bench.jobs.Display, "step", lambda self, slot, done, total: done == 3 and sigterm())
+    monkeypatch.setattr(bench.jobs.Display, "step", lambda self, slot, done, total, *observed: done == 3 and sigterm())
     with pytest.raises(RunInterrupted) as err:
         execute(RunPlan(**PLAN, command=command), tmp_path / "cut")
     assert err.value.signum == signal.SIGTERM

@@ -111,7 +111,7 @@ def test_a_bad_schedule_setting_is_a_usage_error_naming_it(item: str, message: s
 
 @pytest.mark.slow
 def test_a_recipe_runs_and_its_record_holds_its_settings(tmp_path) -> None:
-    """The issue's recipe: StepLR 3 epochs / 0.35, accumulation 2, early stop after 5."""
+    """The official AVE recipe's settings: StepLR 3 epochs / 0.35, accumulation 2, early stop after 5."""
     recipe = ["train.schedule=step", "train.step_size=3", "train.gamma=0.35", "train.accumulate=2", "train.patience=5"]
     args = ["run", "--methods", "frozen", "--tasks", "ave", "--preset", "smoke", "--out", str(tmp_path)]
     sets = [x for item in [*recipe, "measure.enabled=false"] for x in ("--set", item)]

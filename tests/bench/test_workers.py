@@ -71,7 +71,7 @@ def test_a_worker_that_dies_costs_its_run_only(tmp_path: Path) -> None:
     killed: list[int] = []
 
     class Killer(Display):
-        def step(self, slot: int, done: int, total: int) -> None:
+        def step(self, slot: int, done: int, total: int, *observed: object) -> None:
             if not killed:
                 (child,) = multiprocessing.active_children()
                 os.kill(child.pid, signal.SIGKILL)
@@ -113,7 +113,7 @@ def test_auto_is_one_run_per_core_on_a_cpu_and_one_at_a_time_under_torchrun(monk
     assert check_workers(None, "cpu") == 6 and check_workers(3, "cpu") == 3
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert check_workers(None, "cpu") == 1
-    with pytest.raises(ConfigError, match="--workers 2: parallel runs are for the CPU; on CUDA or under torchrun"):
+    with pytest.raises(ConfigError, match="--workers 2: under torchrun the processes do one run together; use --w"):
         check_workers(2, "cpu")
 
 
