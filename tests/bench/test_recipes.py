@@ -26,7 +26,7 @@ from bench.config import ConfigError, TrainConfig
 from bench.jobs import job_key
 from bench.plan import RunPlan, load_plan, resolve
 from bench.recipe import RECIPES_DIR, load_recipe, shipped_names
-from bench.registry import get_method, get_task, task_names
+from bench.registry import get_method, task_names
 from bench.report import paper_table, summarize
 
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -59,10 +59,6 @@ segments = 4
 [dgsct]
 num_tokens = 16
 """
-
-
-def _has_field(task: str, key: str) -> bool:
-    return key in {f.name for f in dataclasses.fields(get_task(task).config_cls)}
 
 
 @pytest.fixture
@@ -107,28 +103,16 @@ def test_shipped_recipes_cover_what_the_papers_released():
 
 @pytest.mark.parametrize("name", shipped_names())
 def test_a_shipped_recipe_resolves_into_its_values(name, recipes):
-    """Every value a shipped recipe sets reaches the resolved run; a task key this version's
-    task config lacks (the published heads, merged separately) is dropped from the copy resolved."""
+    """Every value a shipped recipe sets (its head included) reaches the resolved run."""
     text = (RECIPES_DIR / f"{name}.toml").read_text()
     data = tomllib.loads(text)
     task, method = data["task"], data.get("method")
-    missing = [key for key in data[task] if not _has_field(task, key)]
-    text = "\n".join(line for line in text.splitlines() if line.split(" =")[0] not in missing) + "\n"
     (recipes / f"{name}.toml").write_text(text)
     (run,) = resolve(RunPlan([method or "mettle"], [task], "smoke", recipe="official" if method else name))
     assert {k: getattr(run.train, k) for k in data["train"]} == data["train"]
-    assert {k: getattr(run.task_cfg, k) for k in data[task] if k not in missing} == {
-        k: v for k, v in data[task].items() if k not in missing
-    }
+    assert {k: getattr(run.task_cfg, k) for k in data[task]} == data[task]
     assert {k: getattr(run.method_cfg, k) for k in data.get(method, {})} == data.get(method, {})
     assert run.tags == {"recipe": name, "recipe_sha256": hashlib.sha256(text.encode()).hexdigest()}
-
-
-def test_a_shipped_recipe_setting_a_head_this_version_lacks_is_an_error_naming_the_file():
-    if _has_field("ave", "head"):
-        pytest.skip("ave.head is in this version")
-    with pytest.raises(ConfigError, match=r"recipe .*dgsct_ave\.toml: ave\.head: this version's ave has no 'head'"):
-        resolve(RunPlan(["dgsct"], ["ave"], "smoke", recipe="official"))
 
 
 def test_official_recipe_sets_the_resolved_run_and_set_wins(recipes):
@@ -249,10 +233,8 @@ def test_a_recipe_for_another_method_under_a_method_name_is_refused(recipes):
 @pytest.mark.slow
 def test_run_with_the_official_lavish_recipe_end_to_end(recipes, tmp_path):
     """`bench run --methods lavish --tasks ave --preset smoke --recipe official --set train.epochs=1`,
-    on the shipped lavish_ave.toml (its head line dropped where this version has no ave.head)."""
+    on the shipped lavish_ave.toml."""
     text = (RECIPES_DIR / "lavish_ave.toml").read_text()
-    if not _has_field("ave", "head"):
-        text = "\n".join(line for line in text.splitlines() if not line.startswith("head ="))
     (recipes / "lavish_ave.toml").write_text(text)
     out = tmp_path / "rec"
     argv = ["run", "--methods", "lavish", "--tasks", "ave", "--preset", "smoke", "--device", "cpu"]

@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tolerances import FLOAT64
+from tolerances import FLOAT64, gamma
 from torch import nn
 
 from bench.cli import main
@@ -210,7 +210,13 @@ def test_the_decoder_equals_the_official_definition_on_tiny_sizes() -> None:
 
 
 BATCH_S4 = {"frame_weight": torch.tensor([[1.0, 0, 0, 0, 0]])}
-BCE_FLOAT32 = 1e-6  # the task's BCE runs in float32 (its target is `mask.float()`): a few float32 round-offs
+
+
+def bce_bound(logits: torch.Tensor) -> float:
+    """The task's BCE runs in float32 (its target is `mask.float()`): each term, non-negative,
+    within a few roundings (log1p, exp, products), their sum within gamma(n), then the mean and
+    the matching term's weighted add: a relative bound of gamma(n + 8) over the n logits."""
+    return gamma(logits.numel() + 8)
 
 
 def test_s4_loss_is_the_bce_of_the_first_frame_only_on_a_hand_computed_case() -> None:
@@ -228,7 +234,7 @@ def test_s4_loss_is_the_bce_of_the_first_frame_only_on_a_hand_computed_case() ->
     with_maps = AvsbenchOutput(logits, maps, audio)
     assert with_maps.matching_loss() > 0.01
     for output in (logits, with_maps):
-        assert task.loss(output, batch).item() == pytest.approx(want, rel=BCE_FLOAT32)
+        assert task.loss(output, batch).item() == pytest.approx(want, rel=bce_bound(logits))
 
 
 def test_ms3_loss_adds_half_the_summed_matching_kl_on_a_hand_computed_case() -> None:
@@ -253,8 +259,11 @@ def test_ms3_loss_adds_half_the_summed_matching_kl_on_a_hand_computed_case() -> 
     output = AvsbenchOutput(logits, [level_a, level_b], [audio_a, audio_b])
     matching = 10 * (kl_a + kl_b) / 2
     assert output.matching_loss().item() == pytest.approx(matching, rel=1e-12)
-    assert get_task("avs_ms3").loss(output, batch).item() == pytest.approx(bce + 0.5 * matching, rel=BCE_FLOAT32)
-    assert get_task("avs_ms3").loss(logits, batch).item() == pytest.approx(bce, rel=BCE_FLOAT32)  # the harness head
+    assert get_task("avs_ms3").loss(output, batch).item() == pytest.approx(bce + 0.5 * matching, rel=bce_bound(logits))
+    # the harness head
+    assert get_task("avs_ms3").loss(logits, batch).item() == pytest.approx(
+        bce, rel=bce_bound(logits)
+    )  # the harness head
 
 
 @pytest.mark.parametrize("name", ["avs_s4", "avs_ms3"])
