@@ -45,22 +45,19 @@ adapters, as DG-SCT's baseline does, with the AVS extras above.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from baselines.dgsct import TEMPORAL_WIDTH, PairShape, TemporalAttention, pair_units, temporal_param_count
+from baselines.dgsct import PairedTowersEncoder, PairShape, pair_units, temporal_param_count
 from mettle_core.backbone import Backbone, Unit
 from mettle_core.interface import (
-    AdaptedEncoder,
     AVFeatures,
     MethodEntry,
     TaskSpec,
     Towers,
-    unique_parameters,
     validate_config,
 )
 
@@ -265,21 +262,13 @@ def balance_term(weights: torch.Tensor) -> torch.Tensor:
     return -weights.mean(dim=0).log().sum()
 
 
-class AvmoeEncoder(AdaptedEncoder):
-    """Separate frozen audio (HTS-AT) and visual (Swin-V2) towers run in lockstep, with AVMoE's
-    MoE adapters at every adapted block pair."""
+class AvmoeEncoder(PairedTowersEncoder):
+    """AVMoE's MoE adapters at every adapted block pair."""
+
+    method = "AVMoE"
 
     def __init__(self, audio_bb: Backbone, visual_bb: Backbone, spec: TaskSpec, cfg: AvmoeConfig) -> None:
-        super().__init__()
-        if visual_bb.family not in ("swinv2", "vit"):
-            raise ValueError(
-                f"AVMoE's visual adapters sit beside the visual block's attention and MLP branches, which a "
-                f"{visual_bb.family} tower does not expose (use a Swin-V2 or ViT visual tower)"
-            )
-        self.cfg, self.spec = cfg.resolve(spec), spec
-        self.audio_bb, self.visual_bb = audio_bb, visual_bb
-        for p in self.backbone_parameters():
-            p.requires_grad_(False)
+        super().__init__(audio_bb, visual_bb, spec, cfg.resolve(spec))
         self.pairs = adapted_pairs(visual_bb, audio_bb, cfg.num_skip)
         shapes = adapted_shapes(visual_bb, audio_bb, cfg.num_skip)
 
@@ -293,27 +282,7 @@ class AvmoeEncoder(AdaptedEncoder):
 
         self.audio_p1, self.visual_p1 = adapters(False), adapters(True)
         self.audio_p2, self.visual_p2 = adapters(False), adapters(True)
-        use_temporal = cfg.temporal and spec.kind == "classification"
-        self.temporal = TemporalAttention(audio_bb.out_dim, visual_bb.out_dim) if use_temporal else None
-        self.audio_dim = TEMPORAL_WIDTH if use_temporal else audio_bb.out_dim
-        self.visual_dim = TEMPORAL_WIDTH if use_temporal else visual_bb.out_dim
-        self.map_channels = visual_bb.pyramid_channels() if spec.needs_maps else ()
-        self._map_units = visual_bb.pyramid_units() if spec.needs_maps else ()
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> AvmoeEncoder:
-        """Adapters follow `mode`; the frozen towers too unless `tower_train_mode` is off."""
-        super().train(mode)
-        for bb in (self.audio_bb, self.visual_bb):
-            bb.train(mode and self.cfg.tower_train_mode)
-        return self
-
-    def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        return unique_parameters(self.audio_bb, self.visual_bb)
-
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Adapters and temporal attention at `lr` (the official AVE code trains them at one lr)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr, "name": "adapter"}]
+        self.finish()
 
     def _pair(
         self, i: int, v_unit: Unit, a_unit: Unit, xv: torch.Tensor, xa: torch.Tensor, weights: list[torch.Tensor]

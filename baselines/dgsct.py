@@ -297,21 +297,59 @@ class TemporalAttention(nn.Module):
         return a_out, v_out
 
 
-class DgsctEncoder(AdaptedEncoder):
-    """Separate frozen audio (HTS-AT) and visual (Swin-V2) towers run in lockstep, with DG-SCT's
-    adapters at every paired block."""
+class PairedTowersEncoder(AdaptedEncoder):
+    """Separate frozen audio (HTS-AT) and visual (Swin-V2) towers run in lockstep, with four
+    adapters (audio and visual, before and after the block) at paired blocks and the official
+    AVE temporal attention on classification: what DG-SCT and AVMoE share. A subclass builds
+    its adapters between `__init__` and `finish`, so that modules register in one order."""
 
-    def __init__(self, audio_bb: Backbone, visual_bb: Backbone, spec: TaskSpec, cfg: DgsctConfig) -> None:
+    method = ""  # for messages
+
+    def __init__(self, audio_bb: Backbone, visual_bb: Backbone, spec: TaskSpec, cfg: Any) -> None:
         super().__init__()
         if visual_bb.family not in ("swinv2", "vit"):
             raise ValueError(
-                f"DG-SCT's visual adapters sit beside the visual block's attention and MLP branches, which a "
+                f"{self.method}'s visual adapters sit beside the visual block's attention and MLP branches, which a "
                 f"{visual_bb.family} tower does not expose (use a Swin-V2 or ViT visual tower)"
             )
         self.cfg, self.spec = cfg, spec
         self.audio_bb, self.visual_bb = audio_bb, visual_bb
         for p in self.backbone_parameters():
             p.requires_grad_(False)
+
+    def finish(self) -> None:
+        """The temporal attention, the feature widths and the kept maps, once the adapters exist."""
+        audio_bb, visual_bb, spec = self.audio_bb, self.visual_bb, self.spec
+        use_temporal = self.cfg.temporal and spec.kind == "classification"
+        self.temporal = TemporalAttention(audio_bb.out_dim, visual_bb.out_dim) if use_temporal else None
+        self.audio_dim = TEMPORAL_WIDTH if use_temporal else audio_bb.out_dim
+        self.visual_dim = TEMPORAL_WIDTH if use_temporal else visual_bb.out_dim
+        self.map_channels = visual_bb.pyramid_channels() if spec.needs_maps else ()
+        self._map_units = visual_bb.pyramid_units() if spec.needs_maps else ()
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> PairedTowersEncoder:
+        """Adapters follow `mode`; the frozen towers too unless `tower_train_mode` is off."""
+        super().train(mode)
+        for bb in (self.audio_bb, self.visual_bb):
+            bb.train(mode and self.cfg.tower_train_mode)
+        return self
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        return unique_parameters(self.audio_bb, self.visual_bb)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Adapters and temporal attention at `lr` (the official AVE code trains them at one lr)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr, "name": "adapter"}]
+
+
+class DgsctEncoder(PairedTowersEncoder):
+    """DG-SCT's adapters at every paired block."""
+
+    method = "DG-SCT"
+
+    def __init__(self, audio_bb: Backbone, visual_bb: Backbone, spec: TaskSpec, cfg: DgsctConfig) -> None:
+        super().__init__(audio_bb, visual_bb, spec, cfg)
         self.pairs = pair_units(visual_bb, audio_bb)
         shapes = pair_shapes(visual_bb, audio_bb)
 
@@ -325,27 +363,7 @@ class DgsctEncoder(AdaptedEncoder):
 
         self.audio_p1, self.visual_p1 = adapters(False), adapters(True)
         self.audio_p2, self.visual_p2 = adapters(False), adapters(True)
-        use_temporal = cfg.temporal and spec.kind == "classification"
-        self.temporal = TemporalAttention(audio_bb.out_dim, visual_bb.out_dim) if use_temporal else None
-        self.audio_dim = TEMPORAL_WIDTH if use_temporal else audio_bb.out_dim
-        self.visual_dim = TEMPORAL_WIDTH if use_temporal else visual_bb.out_dim
-        self.map_channels = visual_bb.pyramid_channels() if spec.needs_maps else ()
-        self._map_units = visual_bb.pyramid_units() if spec.needs_maps else ()
-        self.train(self.training)
-
-    def train(self, mode: bool = True) -> DgsctEncoder:
-        """Adapters follow `mode`; the frozen towers too unless `tower_train_mode` is off."""
-        super().train(mode)
-        for bb in (self.audio_bb, self.visual_bb):
-            bb.train(mode and self.cfg.tower_train_mode)
-        return self
-
-    def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        return unique_parameters(self.audio_bb, self.visual_bb)
-
-    def param_groups(self, lr: float) -> list[dict[str, Any]]:
-        """Adapters and temporal attention at `lr` (the official AVE code trains them at one lr)."""
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr, "name": "adapter"}]
+        self.finish()
 
     def _pair(
         self, i: int, v_unit: Unit, a_unit: Unit, xv: torch.Tensor, xa: torch.Tensor
