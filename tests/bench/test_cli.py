@@ -21,7 +21,8 @@ from bench.runner import weights_changed
 from bench.weights import file_digest
 
 REPO = Path(__file__).resolve().parents[2]
-RUN = ["run", "--methods", "frozen,full", "--tasks", "ave", "--preset", "smoke", "--device", "cpu"]
+# one process: runs in worker processes (bench.workers, tests/bench/test_workers.py) give the same records
+RUN = ["run", "--methods", "frozen,full", "--tasks", "ave", "--preset", "smoke", "--device", "cpu", "--workers", "1"]
 EFFICIENCY_KEYS = {
     "trainable_params",
     "encoder_trainable_params",
@@ -47,7 +48,7 @@ def _records(out: Path) -> list[dict]:
 
 
 def test_run_writes_records_tables_and_figures(smoke_out):
-    records = _records(smoke_out)  # in the order they finished: on 2 cores or more the two run at once
+    records = _records(smoke_out)
     assert sorted((r["method"], r["status"]) for r in records) == [("frozen", "ok"), ("full", "ok")]
     for r in records:
         assert "accuracy" in r["metrics"]
@@ -99,7 +100,8 @@ def _save_tower(path: Path, role: str, seed: int) -> str:
 def test_records_name_the_weights_each_tower_was_built_from_and_reruns_follow_them(tmp_path, capsys):
     visual = tmp_path / "visual.safetensors"
     digest = _save_tower(visual, "visual", 0)
-    run = ["run", "--tasks", "ave", "--preset", "smoke", "--set", "measure.enabled=false", "--out", str(tmp_path)]
+    run = ["run", "--tasks", "ave", "--preset", "smoke", "--set", "measure.enabled=false", "--workers", "1"]
+    run += ["--out", str(tmp_path)]
     assert main([*run, "--methods", "frozen,lavish", "--set", f"towers.visual={visual}"]) == 0
     weights = {r["method"]: r["weights"] for r in _records(tmp_path)}
     tower = {"arch": "swinv2", "params": 429383}
@@ -191,10 +193,11 @@ def test_a_real_data_run_records_the_clips_segment_count_not_the_presets(tmp_pat
     assert not (tmp_path / "bad" / "runs.jsonl").exists()
 
 
-def test_sigkill_mid_run_keeps_finished_records_and_rerun_completes(tmp_path):
-    cmd = [sys.executable, "-m", "bench", *RUN, "--seeds", "0,1", "--out", str(tmp_path)]
+def test_sigkill_mid_run_keeps_finished_records_and_rerun_completes(tmp_path, capsys):
+    run = [*RUN, "--seeds", "0,1", "--set", "measure.enabled=false", "--out", str(tmp_path)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "bench", *run], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     path = tmp_path / "runs.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -205,11 +208,11 @@ def test_sigkill_mid_run_keeps_finished_records_and_rerun_completes(tmp_path):
     proc.wait()
     done = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     assert 1 <= len(done) < 4 and all(r["status"] == "ok" for r in done)
-    rerun = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
+    capsys.readouterr()
+    assert main(run) == 0
     records = _records(tmp_path)
     assert sorted((r["method"], r["seed"]) for r in records) == [("frozen", 0), ("frozen", 1), ("full", 0), ("full", 1)]
-    assert rerun.stderr.count("skip ") == len(done)
+    assert capsys.readouterr().err.count("skip ") == len(done)
 
 
 def test_list_prints_methods_tasks_presets(capsys):
@@ -234,6 +237,8 @@ def test_tune_runs_every_candidate_and_the_table_keeps_one_row(tmp_path):
         "measure.enabled=false",
         "--tune",
         "train.lr=1e-3,1e-2",
+        "--workers",
+        "1",
         "--out",
         str(tmp_path),
     ]
@@ -251,7 +256,7 @@ def test_every_record_names_the_commit_the_invocation_started_at(tmp_path, monke
 
     shas = iter(["started", "committed-meanwhile", "later"])
     monkeypatch.setattr(bench.runner, "git_state", lambda out_dir: {"sha": next(shas), "dirty": False})
-    assert main([*RUN, "--out", str(tmp_path)]) == 0
+    assert main([*RUN, "--set", "measure.enabled=false", "--out", str(tmp_path)]) == 0
     assert [r["git"]["sha"] for r in _records(tmp_path)] == ["started", "started"]
 
 
@@ -284,8 +289,8 @@ def test_the_summary_fits_80_columns_and_the_default_out_is_ignored_by_git(tmp_p
 
     assert DEFAULT_OUT == Path("runs") and "/runs/" in (REPO / ".gitignore").read_text().splitlines()
     monkeypatch.setenv("COLUMNS", "80")
-    args = ["run", "--methods", "frozen,lavish,mettle,lora,full", "--tasks", "avvp", "--preset", "smoke"]
-    assert main([*args, "--set", "measure.repeats=1", "--out", str(tmp_path)]) == 0
+    args = ["run", "--methods", "frozen,lavish,mettle,lora,full", "--tasks", "avvp", "--preset", "smoke", "--workers", "1"]
+    assert main([*args, "--set", "measure.warmup=0", "--set", "measure.repeats=1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     table = out[: out.index("records:")] if "records:" in out else out
     assert "avvp: seg_type_av" in table and "mettle" in table
@@ -298,7 +303,7 @@ def test_a_plan_file_runs_each_methods_candidates_and_the_tables_keep_the_chosen
         'preset = "smoke"\ntasks = ["ave", "avvp"]\nseeds = [0]\nset = ["measure.enabled=false"]\n'
         '[candidates]\nfrozen = [[]]\nlora = [["lora.r=2"], ["lora.r=4", "train.lr=1e-2"]]\n'
     )
-    assert main(["run", "--plan", str(plan), "--out", str(tmp_path / "out")]) == 0
+    assert main(["run", "--plan", str(plan), "--workers", "1", "--out", str(tmp_path / "out")]) == 0
     records = _records(tmp_path / "out")
     assert sorted((r["task"], r["method"], r["tags"]["candidate"]) for r in records) == [
         (task, method, candidate)
