@@ -289,7 +289,8 @@ def test_the_summary_fits_80_columns_and_the_default_out_is_ignored_by_git(tmp_p
 
     assert DEFAULT_OUT == Path("runs") and "/runs/" in (REPO / ".gitignore").read_text().splitlines()
     monkeypatch.setenv("COLUMNS", "80")
-    args = ["run", "--methods", "frozen,lavish,mettle,lora,full", "--tasks", "avvp", "--preset", "smoke", "--workers", "1"]
+    args = ["run", "--methods", "frozen,lavish,mettle,lora,full", "--tasks", "avvp", "--preset", "smoke"]
+    args += ["--workers", "1"]
     assert main([*args, "--set", "measure.warmup=0", "--set", "measure.repeats=1", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     table = out[: out.index("records:")] if "records:" in out else out

@@ -6,6 +6,7 @@ taken from another configuration, and is removed once the record is written unle
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -21,8 +22,8 @@ import bench.jobs
 import bench.sweep
 import bench.train
 from bench.build import build_model
-from bench.cli import main
 from bench.checkpoint import RunCheckpoint, RunInterrupted
+from bench.cli import main
 from bench.config import ResolvedRun
 from bench.data.loader import RunSplit
 from bench.measure import run_optimizer
@@ -264,24 +265,28 @@ def test_an_interrupted_sweep_trial_is_run_again_by_the_rerun(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_sigterm_to_a_command_with_two_workers_stops_it_cleanly_and_the_rerun_completes_it(tmp_path, capsys) -> None:
-    """Once a run has saved its first epoch, SIGTERM to the command: its workers save and stop,
-    nothing is recorded for unfinished runs, and the rerun ends with an uninterrupted run's records
-    (records do not depend on the worker count: the uninterrupted run and the rerun use one)."""
+    """Once a run has saved its first epoch, SIGTERM to the command, as Ctrl-C: exit 143 with the
+    command that resumes, no traceback, its workers save and stop, nothing is recorded for
+    unfinished runs, and the rerun ends with an uninterrupted run's records (records do not
+    depend on the worker count: the uninterrupted run and the rerun use one)."""
     args = ["run", "--methods", "frozen,lavish", "--tasks", "ave", "--preset", "smoke"]
     args += ["--set", "train.epochs=4", "--set", "measure.enabled=false"]
     assert main([*args, "--workers", "1", "--out", str(tmp_path / "whole")]) == 0
     cut = [*args, "--out", str(tmp_path / "cut")]
-    process = subprocess.Popen([sys.executable, "-m", "bench", *cut, "--workers", "2"], stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "bench", *cut, "--workers", "2"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not list((tmp_path / "cut" / "checkpoints").glob("*/checkpoint.pt")) and time.monotonic() < deadline:
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 143, err
-    assert "interrupted by SIGTERM" in err and "rerun `python -m bench run" in err
+    assert process.returncode == 128 + signal.SIGTERM, err
+    rerun = shlex.join(["python", "-m", "bench", *cut, "--workers", "2"])
+    assert f"interrupted by SIGTERM: finished runs are kept; rerun `{rerun}` to resume" in " ".join(err.split())
+    assert "Traceback" not in err
     unfinished = {p.parent.name for p in (tmp_path / "cut" / "checkpoints").glob("*/checkpoint.pt")}
-    recorded = {r["key"] for r in ResultsStore(tmp_path / "cut").load().records}
-    assert unfinished and not unfinished & recorded
+    report = ResultsStore(tmp_path / "cut").load()
+    assert unfinished and not unfinished & {r["key"] for r in report.records} and not report.bad_lines
     capsys.readouterr()
     assert main([*cut, "--workers", "1"]) == 0 and "resume" in capsys.readouterr().err
     want = {r["key"]: r for r in ResultsStore(tmp_path / "whole").load().records}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -32,10 +31,10 @@ from bench.results import ResultsStore
 from bench.runner import execute
 from bench.workers import next_job, run_in_processes
 
-QUICK = ["train.epochs=1"]
+QUICK = ["train.epochs=1", "measure.warmup=0", "measure.repeats=1"]
 REPO = Path(__file__).resolve().parents[2]
 PARALLEL = ["run", "--methods", "frozen,full", "--tasks", "ave", "--preset", "smoke", "--device", "cpu"]
-PARALLEL += ["--seeds", "0,1", "--workers", "2"]
+PARALLEL += ["--seeds", "0,1", "--workers", "2", "--set", "measure.enabled=false"]
 
 
 @contextmanager
@@ -210,26 +209,11 @@ def test_killing_the_command_leaves_no_worker_behind(tmp_path: Path) -> None:
         command.proc.kill()
         command.proc.wait()
         err = command.stderr(timeout=5)
+        deadline = time.monotonic() + 5  # multiprocessing's resource tracker ends once its pipe closes
+        while _running(workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert not _running(workers)
         assert "Traceback" not in err and "BrokenPipeError" not in err
     finally:
         for pid in _running(workers):
             os.kill(pid, signal.SIGKILL)
-
-
-@pytest.mark.slow
-def test_sigterm_stops_the_command_as_ctrl_c_does(tmp_path: Path) -> None:
-    """SIGTERM mid-run: the interrupted message, exit code 143 (128 + 15), no traceback, the
-    finished records kept whole, and no worker left."""
-    args = [*PARALLEL, "--out", str(tmp_path)]
-    command = Command(args)
-    command.wait_for_records(tmp_path / "runs.jsonl", 1)
-    command.proc.terminate()
-    assert command.proc.wait(timeout=60) == 128 + signal.SIGTERM
-    err = command.stderr(timeout=5)
-    rerun = shlex.join(["python", "-m", "bench", *args])
-    assert f"interrupted by SIGTERM: finished runs are kept; rerun `{rerun}` to resume" in " ".join(err.split())
-    assert "Traceback" not in err
-    report = ResultsStore(tmp_path).load()
-    assert 1 <= len(report.records) < 4 and not report.bad_lines
-    assert all(r["status"] == "ok" for r in report.records)
