@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import gc
 import math
-import multiprocessing
 import os
 import re
 import signal
@@ -24,6 +23,7 @@ from typing import Any
 
 import torch
 
+from bench import forkserver
 from bench.build import build_model
 from bench.config import ConfigError, ResolvedRun
 from bench.device import resolve_device
@@ -278,12 +278,12 @@ def _point_worker(point: Point, conn: Any) -> None:
 
 
 def isolated_point(point: Point, worker: Callable[[Point, Any], None] = _point_worker) -> RunRecord:
-    """Profile one point in a fresh process (`worker`, a module-level function), so that
+    """Profile one point in a process of its own (`worker`, a module-level function), so that
     its resident memory starts from nothing (no allocator state left by the methods before
     it), and so that a point the operating system kills for memory (a CPU step raises no
     OOM error) becomes a `killed` record keeping the memory figures measured before it
     died, instead of ending the whole profile."""
-    ctx = multiprocessing.get_context("spawn")  # no forked OpenMP or CUDA state
+    ctx = forkserver.context()  # a clean process: no forked OpenMP or CUDA state, no allocator history
     receive, send = ctx.Pipe(duplex=False)
     start = time.perf_counter()
     proc = ctx.Process(target=worker, args=(point, send), daemon=True)

@@ -12,19 +12,18 @@ from __future__ import annotations
 import multiprocessing
 import time
 from collections.abc import Iterator
-from multiprocessing.context import BaseContext
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, Sampler
 
+from bench import forkserver
 from bench.config import ConfigError
 from bench.data.core import Batch, TensorAVDataset
 from bench.device import usable_cores
 
 PREFETCH = 2  # batches each worker keeps ready: with several workers, enough to ride out a slow read
 MAX_AUTO_WORKERS = 8  # a few workers already decode faster than one GPU trains; more only cost memory
-PRELOAD = ["torch", "bench.data.media", "bench.data.avsbench"]  # what the loader's workers run
 
 
 def loader_workers(setting: int | None, ds: Dataset) -> int:
@@ -49,18 +48,6 @@ def loader_workers(setting: int | None, ds: Dataset) -> int:
 
 def cores_of_run() -> int:
     return min(usable_cores(), torch.get_num_threads())
-
-
-def worker_context() -> BaseContext:
-    """forkserver: loader workers fork from a server process started as a fresh interpreter,
-    never from this one (a fork copies its torch thread pools and any CUDA state half-way, and
-    can deadlock). The server imports torch and the loaders once, so later DataLoaders start
-    their workers in a fraction of a second, where spawn imports torch in every worker (10 s
-    each on a loaded 2-core machine). The preload list is the process's; it counts from the
-    server's first start."""
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    return ctx
 
 
 class EpochOrder(Sampler[int]):
@@ -90,7 +77,7 @@ def data_loader(ds: Dataset, batch_size: int, gen: torch.Generator | None, worke
     order = EpochOrder(ds, gen) if gen is not None else None
     parallel: dict[str, Any] = {}
     if workers > 0:
-        parallel = dict(multiprocessing_context=worker_context(), persistent_workers=True, prefetch_factor=PREFETCH)
+        parallel = dict(multiprocessing_context=forkserver.context(), persistent_workers=True, prefetch_factor=PREFETCH)
     return DataLoader(
         ds, batch_size, sampler=order, num_workers=workers, pin_memory=pin, generator=torch.Generator(), **parallel
     )
