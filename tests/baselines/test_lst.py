@@ -60,12 +60,12 @@ def test_param_count_formula(family: str, r: int, spec: TaskSpec) -> None:
 
 
 def test_paper_count() -> None:
-    """Swin-V2-L (192-1536, depths 2-2-18-2) and HTS-AT (96-768, depths 2-2-6-2) at r = 8: about
+    """Swin-V2-L (192-1536, depths 2-2-18-2) and HTS-AT (96-768, depths 2-2-6-2) at the official r = 8: about
     6.1 M trainable parameters (2.7 % of the towers' 222.7 M)."""
     p = get_preset("paper")
     with torch.device("meta"):
         audio, visual = build_backbone(p.audio, p.shape), build_backbone(p.visual, p.shape)
-        enc = LstEncoder(audio, visual, TaskSpec("ave", num_segments=10), LstConfig())
+        enc = LstEncoder(audio, visual, TaskSpec("ave", num_segments=10), LstConfig(r=8))
     audio_count = tower_count(stage_widths(96, 4), [2, 2, 6, 2], 8, [])
     visual_count = tower_count(stage_widths(192, 4), [2, 2, 18, 2], 8, [])
     assert sum(p.numel() for p in enc.parameters() if p.requires_grad) == audio_count + visual_count == 6_120_072
@@ -105,7 +105,7 @@ def test_ladder_gate_mixes_side_and_down_projected_tower(alpha: float, side_shar
     official alpha = 0 an even mix; a gate at +-10 (g = 1 or 0 in float32) passes only the side
     stream or only the tower. Checked at the first Swin-V2 stage change, where the side stream is
     patch-merged first."""
-    enc = LstEncoder(*_towers("smoke"), CLS, LstConfig(gate_init=alpha))
+    enc = LstEncoder(*_towers("smoke"), CLS, LstConfig(r=8, gate_init=alpha))
     side_net = enc.side_v.double()  # float64: the two forms of the mix agree to its round-off on any CPU
     g = torch.Generator().manual_seed(0)
     side = torch.randn(2, 8, 8, 2, generator=g, dtype=torch.float64)  # after the first block: 8 x 8, width 16 / 8
