@@ -136,7 +136,8 @@ def execute(args: argparse.Namespace, console: Console) -> int:
     from bench.device import distributed, is_main_process
     from bench.plan import PlanFile, RunPlan, load_plan, resolve
     from bench.registry import task_names
-    from bench.report import write_figures, write_tables
+    from bench.report import load_usable, write_figures, write_tables
+    from bench.results import ResultsStore
     from bench.runner import execute as execute_plan
 
     tracking = tracking_of(args)
@@ -170,8 +171,9 @@ def execute(args: argparse.Namespace, console: Console) -> int:
         records = execute_plan(plan, args.out, console if is_main_process() else Console(quiet=True), runs=runs)
     if not is_main_process():
         return 0
-    table = write_tables(records, args.out)
-    figures = write_figures(records, args.out)
+    everything = load_usable(ResultsStore(args.out)).records  # OUT's tables hold every record in OUT
+    table = write_tables(everything, args.out)
+    figures = write_figures(everything, args.out)
     print_summary(table, console)
     console.print(
         f"records: {args.out / 'runs.jsonl'}; tables: {args.out / 'tables'}; "

@@ -329,3 +329,18 @@ def test_an_output_folder_under_a_file_exits_2_before_any_work(command, tmp_path
     err = " ".join(capsys.readouterr().err.split())
     assert f"--out {blocker / 'paper-T10'}: {blocker} is a file, not a folder" in err
     assert blocker.read_text() == "a file, not a folder"
+
+
+def test_a_runs_tables_hold_every_record_in_its_out(tmp_path, capsys):
+    """A method added to an OUT joins the methods already there: OUT's tables and summary are
+    all of OUT's records, as `bench table --out OUT` writes them, not only the last command's."""
+    run = ["run", "--tasks", "ave", "--preset", "smoke", "--set", "measure.enabled=false", "--workers", "1"]
+    run += ["--out", str(tmp_path)]
+    assert main([*run, "--methods", "frozen"]) == 0
+    capsys.readouterr()
+    assert main([*run, "--methods", "lora"]) == 0
+    summary = capsys.readouterr().out
+    assert "frozen" in summary and "lora" in summary
+    csv = (tmp_path / "tables" / "results.csv").read_text().splitlines()
+    assert sorted(line.split(",")[3] for line in csv[1:]) == ["frozen", "lora"]
+    assert csv[0].split(",")[3] == "method"
