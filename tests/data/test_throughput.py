@@ -72,9 +72,13 @@ def test_data_bench_prints_samples_per_second_for_each_worker_count(tmp_path: Pa
     )
     assert first and second
     assert first.group(3) == "1.00"
-    # every batch holds the split's 6 samples (fewer than the batch of 8): samples/s x s/batch is 6
-    assert float(first.group(1)) * float(first.group(2)) / 1000 == pytest.approx(6, rel=0.05)
-    assert float(second.group(3)) == pytest.approx(float(second.group(1)) / float(first.group(1)), rel=0.02)
+    # every batch holds the split's 6 samples (fewer than the batch of 8): samples/s x ms/batch is
+    # 6000, and the ratio is the rates' ratio, each printed figure within half a unit of its last
+    # digit of the exact one (0.005 samples/s, 0.05 ms, 0.005 x)
+    rate, ms = float(first.group(1)), float(first.group(2))
+    assert (rate - 0.005) * (ms - 0.05) <= 6000 <= (rate + 0.005) * (ms + 0.05)
+    ratio, rate2 = float(second.group(3)), float(second.group(1))
+    assert (rate2 - 0.005) / (rate + 0.005) - 0.005 <= ratio <= (rate2 + 0.005) / (rate - 0.005) + 0.005
 
 
 @pytest.mark.parametrize(
