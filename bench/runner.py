@@ -33,7 +33,7 @@ def execute(
 ) -> list[dict[str, Any]]:
     """Run the plan (`runs`: the plan already resolved); return the records of this invocation
     in plan order, as their JSON form (skipped ones included, read back)."""
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     runs = resolve(plan) if runs is None else runs
     store = ResultsStore(out_dir)
     report = store.load()

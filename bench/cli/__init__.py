@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit.code or 0)
     args.argv = list(argv)  # `sweep --workers N` reruns itself
     args.command_line = shlex.join(["python", "-m", "bench", *argv])
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # messages: a long path stays whole, for the terminal to wrap
     try:
         with sigterm_as_interrupt(), warnings.catch_warnings():
             warnings.showwarning = console_warnings(console, warnings.showwarning)

@@ -249,7 +249,7 @@ def prepare(
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"source directory {src} does not exist")
-    console = console or Console(stderr=True)
+    console = console or Console(stderr=True, soft_wrap=True)
     dst.mkdir(parents=True, exist_ok=True)
     removed = remove_partial_files(dst)
     if removed:

@@ -95,6 +95,19 @@ def test_a_plan_files_seeds_are_checked_as_the_flag_is(tmp_path: Path, capsys) -
     assert f"--plan {plan}: seeds are integers in [0, 2**32), got 4294967296" in err
 
 
+def test_an_error_keeps_a_path_wider_than_the_console_on_one_line(tmp_path: Path, capsys) -> None:
+    """Messages are soft-wrapped: a path in an error is left whole for the terminal to wrap, so
+    that a copy of it names the file (rich would otherwise break it at 80 columns)."""
+    deep = tmp_path / ("a_folder_with_a_long_name_" * 4)
+    deep.mkdir()
+    plan = deep / "plan.toml"
+    plan.write_text('preset = "smoke"\ntasks = ["ave"]\nseeds = [-1]\n[candidates]\nfrozen = [[]]\n')
+    assert main(["run", "--plan", str(plan), "--out", str(tmp_path / "out")]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(str(plan)) > 100
+    assert f"error: --plan {plan}: seeds are integers in [0, 2**32), got -1" in lines
+
+
 @pytest.mark.parametrize(
     ("command", "expected"),
     [
