@@ -1,5 +1,5 @@
-"""The one process a command forks its helper processes from: DataLoader workers (bench.data.loader)
-and profile points (bench.profile).
+"""The one process a command forks its helper processes from: DataLoader workers (bench.data.loader),
+profile points (bench.profile) and, on a CPU, `bench run`'s workers (bench.workers).
 
 A helper must not be forked from the command itself (a fork copies its torch thread pools and any
 CUDA state half-way, and can deadlock), and spawning one imports torch and timm afresh in every
@@ -14,7 +14,7 @@ from __future__ import annotations
 import multiprocessing
 from multiprocessing.context import BaseContext
 
-PRELOAD = ["torch", "timm", "bench.data.media", "bench.data.avsbench", "bench.profile"]
+PRELOAD = ["torch", "timm", "bench.data.media", "bench.data.avsbench", "bench.profile", "bench.workers"]
 
 
 def context() -> BaseContext:

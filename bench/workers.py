@@ -7,13 +7,17 @@ runs (its record gives its threads), and only this process writes records. On CU
 worker has a GPU of its own (bench.gpus), and its record names it. A worker keeps
 the datasets of its last task, and is given runs of that task first. A worker exits, quietly,
 when this process dies, however it dies.
+
+On a CPU the workers are forked from the command's forkserver (bench.forkserver), which has
+imported torch and timm once: a spawned worker pays 5-7 CPU-s importing them, a cost a 2-core
+machine feels in every command. On CUDA each is spawned, a fresh interpreter born with the
+environment that shows it its one GPU (bench.gpus.only), whose start is nothing beside its runs.
 """
 
 from __future__ import annotations
 
 import ctypes
 import multiprocessing
-import os
 import signal
 import sys
 import time
@@ -28,6 +32,7 @@ from bench.checkpoint import RunInterrupted
 from bench.config import ConfigError
 from bench.data.errors import DataError
 from bench.device import threads_per_worker
+from bench.forkserver import context as forkserver_context
 from bench.gate import Gate, ProcessGate
 from bench.gpus import only
 from bench.jobs import Context, DataCache, Display, Job, data_key, job_record, run_one
@@ -44,7 +49,7 @@ class Worker:
     def __init__(self, ctx: Any, slot: int, gate: Gate, context: Context, threads: int, gpu: str | None = None) -> None:
         self.slot = slot
         self.conn, child = ctx.Pipe()
-        args = (child, slot, gate, context, threads, os.getpid())
+        args = (child, slot, gate, context, threads)
         self.process = ctx.Process(target=serve, args=args, daemon=True)
         with only(gpu):  # on CUDA: the worker's one GPU, from its birth
             self.process.start()
@@ -84,7 +89,7 @@ def run_in_processes(
     """Each job that `take` gives this command (bench.claims) in one of `processes` processes,
     yielded as it finishes; with `gpus`, process i sees only gpus[i], and being alone on its
     device it times its steps without pausing the others (on a CPU they share one gate)."""
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or CUDA state
+    ctx = forkserver_context() if gpus is None else multiprocessing.get_context("spawn")
     gate = ProcessGate(ctx, processes) if gpus is None else Gate()
     threads = threads_per_worker(processes)
     shape = get_preset(context.preset).shape
@@ -152,12 +157,13 @@ def next_job(pending: list[Job], mine: str | None, held: set[str | None], shape:
     return pending[0]
 
 
-def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, threads: int, parent: int) -> None:
-    """A worker process: do the jobs the parent sends until it sends None. Without its parent
+def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, threads: int) -> None:
+    """A worker process: do the jobs the command sends until it sends None. Without the command
     (killed, even by SIGKILL, which leaves it no time to stop us) it exits at once and quietly:
     its run has no one to report to, and reruns next time."""
     _die_with_parent()
-    if os.getppid() != parent:  # the parent died before the line above
+    command = multiprocessing.parent_process()
+    if command is not None and not command.is_alive():  # it died before the line above
         return
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it stops us
     torch.set_num_threads(threads)
@@ -187,7 +193,8 @@ def serve(conn: Connection, slot: int, gate: ProcessGate, context: Context, thre
 
 
 def _die_with_parent() -> None:
-    """On Linux, have the kernel send this process SIGKILL when its parent dies; elsewhere a
-    worker notices at its next message, when the pipe breaks."""
+    """On Linux, have the kernel send this process SIGKILL when its parent dies: the command, or
+    the forkserver it was forked from, which exits when the command does. Elsewhere a worker
+    notices at its next message, when the pipe breaks."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
