@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ from bench.plan import RunPlan, resolve
 from bench.results import ResultsStore
 from bench.workers import run_in_processes
 
-REPO = Path(__file__).resolve().parents[2]
 PLAN = ["run", "--methods", "frozen,full", "--tasks", "ave", "--preset", "smoke", "--seeds", "0,1", "--device", "cpu"]
 PLAN += ["--workers", "1", "--set", "train.epochs=1", "--set", "measure.enabled=false"]
 
@@ -151,17 +149,10 @@ def test_bad_launcher_values_exit_2(flag: str, value: str, expected: str, tmp_pa
     assert expected in capsys.readouterr().err
 
 
-def bench(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "bench", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False)
-
-
 @pytest.mark.slow
-def test_the_local_launcher_writes_the_records_of_a_plain_run(tmp_path: Path) -> None:
-    launched = bench([*PLAN, "--out", "launched", "--launcher", "local", "--array-parallelism", "2"], tmp_path)
-    assert launched.returncode == 0, launched.stderr
-    assert "2 of 2 local task(s) done" in " ".join(launched.stderr.split())
+def test_the_local_launcher_writes_the_records_of_a_plain_run(tmp_path: Path, capsys) -> None:
+    assert main([*PLAN, "--out", str(tmp_path / "launched"), "--launcher", "local", "--array-parallelism", "2"]) == 0
+    assert "2 of 2 local task(s) done" in " ".join(capsys.readouterr().err.split())
     assert main([*PLAN, "--out", str(tmp_path / "plain")]) == 0
 
     def metrics(out: str) -> dict[str, str]:
