@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
+import runpy
 import sys
 import time
 import tomllib
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import optuna
+import torch
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
@@ -32,6 +33,7 @@ from rich.console import Console
 from bench.checkpoint import RunInterrupted
 from bench.config import ConfigError, parse_value
 from bench.device import threads_per_worker
+from bench.forkserver import context as forkserver_context
 from bench.plan import RunPlan, all_sections
 from bench.registry import get_task
 from bench.runner import execute
@@ -287,8 +289,21 @@ def run_worker(spec: SweepSpec, storage: BaseStorage, out: Path, console: Consol
 def spawn_workers(argv: list[str], workers: int) -> int:
     """`--workers N`: N processes of this same command joining one study (the appended
     `--workers 1` wins over the earlier value), each with its share of the cores unless
-    OMP_NUM_THREADS says otherwise."""
-    env = {"OMP_NUM_THREADS": str(threads_per_worker(workers)), **os.environ}
-    command = [sys.executable, "-m", "bench", *argv, "--workers", "1"]
-    procs = [subprocess.Popen(command, env=env) for _ in range(workers)]
-    return max(p.wait() for p in procs)
+    OMP_NUM_THREADS says otherwise. They fork from the command's forkserver (bench.forkserver),
+    which has imported torch and timm once, instead of each importing them again."""
+    ctx = forkserver_context()
+    args = ([*argv, "--workers", "1"], threads_per_worker(workers))
+    procs = [ctx.Process(target=same_command, args=args) for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    return max(proc.exitcode or 0 for proc in procs)  # joined: each has one
+
+
+def same_command(argv: list[str], threads: int) -> None:
+    """`python -m bench <argv>`, run in this forked process; its exit code is the process's."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(threads)
+    sys.argv = ["bench", *argv]
+    runpy.run_module("bench", run_name="__main__", alter_sys=True)

@@ -1,7 +1,7 @@
 """Sweeps on shared storage (journal file, PostgreSQL) and torchrun, on the smoke preset.
 
-Slow by nature (each worker process imports torch, timm and peft): about 4-5 minutes on
-2 busy cores. Worker-level checks use subprocesses; the rest runs in-process.
+Slow by nature: worker processes (forked from bench's forkserver, as `--workers` forks them)
+and torchrun's. The rest runs in-process.
 """
 
 import json
@@ -23,9 +23,10 @@ from optuna.trial import TrialState
 
 from bench.cli import build_parser, main, sweep_spec
 from bench.device import threads_per_worker
+from bench.forkserver import context as forkserver_context
 from bench.plan import RunPlan, resolve
 from bench.results import ResultsStore
-from bench.sweep import SweepSpec, load_study_file, make_storage
+from bench.sweep import SweepSpec, load_study_file, make_storage, same_command
 
 STUDIES = sorted((Path(__file__).parents[2] / "bench" / "studies").glob("*.toml"))
 
@@ -75,14 +76,15 @@ def test_killed_worker_restarted_retries_its_stale_trial(tmp_path):
     # trials long enough (40 smoke epochs, seconds) that the poll below sees one RUNNING
     # before the worker could finish the grid on a fast machine
     cmd = sweep_cmd(tmp_path, "kill", "--grid", "mettle.num_tokens=1,2", "--set", "train.epochs=40")
-    worker = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = forkserver_context().Process(target=same_command, args=(cmd[3:], 1))  # a `bench sweep` process
+    worker.start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (
         (tmp_path / "optuna.journal").exists() and any(t.state == TrialState.RUNNING for t in load("kill", tmp_path))
     ):
         time.sleep(0.3)
     os.kill(worker.pid, signal.SIGKILL)  # mid-trial: the smoke run takes seconds
-    worker.wait()
+    worker.join()
     killed = [t for t in load("kill", tmp_path) if t.state == TrialState.RUNNING]
     assert len(killed) == 1
     assert main(cmd[3:]) == 0  # the restarted worker, in-process
