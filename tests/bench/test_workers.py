@@ -168,8 +168,13 @@ class Command:
             assert self.proc.poll() is None and time.monotonic() < deadline, b"".join(self.err).decode()
             time.sleep(0.05)
 
-    def children(self) -> list[int]:
-        return [pid for pid in _pids() if _stat(pid)[1] == self.proc.pid]
+    def descendants(self) -> list[int]:
+        """Its children and theirs: the workers are forked from its forkserver."""
+        parents = {pid: _stat(pid)[1] for pid in _pids()}
+        found = [self.proc.pid]
+        for pid in found:
+            found += [child for child, parent in parents.items() if parent == pid]
+        return found[1:]
 
     def stderr(self, timeout: float) -> str:
         """Everything written to stderr, once every process holding it has exited within `timeout`."""
@@ -204,8 +209,8 @@ def test_killing_the_command_leaves_no_worker_behind(tmp_path: Path) -> None:
     workers: list[int] = []
     try:
         command.wait_for_records(tmp_path / "runs.jsonl", 1)
-        workers = command.children()
-        assert len(workers) >= 2  # the workers, and multiprocessing's resource tracker
+        workers = command.descendants()
+        assert len(workers) >= 4  # the two workers, the forkserver they fork from, multiprocessing's resource tracker
         command.proc.kill()
         command.proc.wait()
         err = command.stderr(timeout=5)
