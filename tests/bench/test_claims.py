@@ -19,6 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from commands import BenchProcess
 from rich.console import Console
 
 from bench.claims import Claims, Share
@@ -168,18 +169,13 @@ def test_a_record_is_not_appended_twice_when_a_taker_recorded_the_run_first(tmp_
 
 
 class Command:
-    """`python -m bench run` in a process of its own, its stderr kept in a file."""
+    """`python -m bench run` in a process of its own (tests/commands.py), its stderr kept in a file."""
 
     def __init__(self, args: list[str], log: Path) -> None:
-        self.log = log
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        with open(log, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench", *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err
-            )
+        self.proc = BenchProcess(args, log, REPO)
 
     def stderr(self) -> str:
-        return " ".join(self.log.read_text().split())
+        return " ".join(self.proc.stderr().split())
 
 
 def plan_commands(tmp_path: Path, count: int = 2) -> tuple[list[Command], Path, set[str]]:

@@ -1,17 +1,15 @@
 """End-to-end checks of `python -m bench` on the smoke preset (seconds each)."""
 
 import json
-import os
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from commands import BenchProcess
 
 from bench.cli import main
 from bench.plan import RunPlan, resolve
@@ -195,9 +193,7 @@ def test_a_real_data_run_records_the_clips_segment_count_not_the_presets(tmp_pat
 
 def test_sigkill_mid_run_keeps_finished_records_and_rerun_completes(tmp_path, capsys):
     run = [*RUN, "--seeds", "0,1", "--set", "measure.enabled=false", "--out", str(tmp_path)]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-m", "bench", *run], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = BenchProcess(run, tmp_path / "stderr.txt", REPO)  # tests/commands.py
     path = tmp_path / "runs.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from commands import BenchProcess
 from rich.console import Console
 from torch.utils.data import Dataset
 
@@ -273,14 +272,13 @@ def test_sigterm_to_a_command_with_two_workers_stops_it_cleanly_and_the_rerun_co
     args += ["--set", "train.epochs=4", "--set", "measure.enabled=false"]
     assert main([*args, "--workers", "1", "--out", str(tmp_path / "whole")]) == 0
     cut = [*args, "--out", str(tmp_path / "cut")]
-    command = [sys.executable, "-m", "bench", *cut, "--workers", "2"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    process = BenchProcess([*cut, "--workers", "2"], tmp_path / "stderr.txt", Path.cwd())  # tests/commands.py
     deadline = time.monotonic() + 300
     while not list((tmp_path / "cut" / "checkpoints").glob("*/checkpoint.pt")) and time.monotonic() < deadline:
         time.sleep(0.1)
     process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, err
+    code, err = process.wait(timeout=120), process.stderr()
+    assert code == 128 + signal.SIGTERM, err
     rerun = shlex.join(["python", "-m", "bench", *cut, "--workers", "2"])
     assert f"interrupted by SIGTERM: finished runs are kept; rerun `{rerun}` to resume" in " ".join(err.split())
     assert "Traceback" not in err
