@@ -26,18 +26,23 @@ PREFETCH = 2  # batches each worker keeps ready: with several workers, enough to
 MAX_AUTO_WORKERS = 8  # a few workers already decode faster than one GPU trains; more only cost memory
 
 
-def loader_workers(setting: int | None, ds: Dataset) -> int:
+def loader_workers(setting: int | None, ds: Dataset, device: torch.device) -> int:
     """The DataLoader workers a split gets: none for an in-memory split (it reads no files);
-    else `setting`, or by default (None) one per core of this run but the one that trains, at
-    most MAX_AUTO_WORKERS. The run's cores are its torch threads within the usable cores:
-    bench.workers and bench.sweep give each of their parallel runs its share. A run in a
-    bench.workers process (a daemon, which may start no process) reads in that process:
-    its default is 0, and a count > 0 is a ConfigError."""
+    else `setting`, or by default (None) on CUDA one per core of this run but the one that
+    trains, at most MAX_AUTO_WORKERS, and none on a CPU: there the run's threads already hold
+    its cores, and a prepared item costs more to hand over from a worker than to read
+    (results/loader: 2 workers gave 0.66-0.77 x the samples/s of none on 2 cores). The run's
+    cores are its torch threads within the usable cores: bench.workers and bench.sweep give
+    each of their parallel runs its share. A run in a bench.workers process (a daemon, which
+    may start no process) reads in that process: its default is 0, and a count > 0 is a
+    ConfigError."""
     if isinstance(ds, TensorAVDataset):
         return 0
     in_parallel_worker = multiprocessing.current_process().daemon
     if setting is None:
-        return 0 if in_parallel_worker else max(0, min(MAX_AUTO_WORKERS, cores_of_run() - 1))
+        if in_parallel_worker or device.type == "cpu":
+            return 0
+        return max(0, min(MAX_AUTO_WORKERS, cores_of_run() - 1))
     if setting > 0 and in_parallel_worker:
         raise ConfigError(
             f"train.loader_workers={setting}: a run in a parallel worker process (--workers > 1) cannot start "
@@ -149,10 +154,14 @@ def run_splits(
     datasets: dict[str, Dataset], batch_size: int, gen: torch.Generator, setting: int | None, device: torch.device
 ) -> dict[str, RunSplit]:
     """A run's splits: train shuffled by `gen`, the others in order, each with its
-    loader_workers(setting) and pinned memory on CUDA."""
+    loader_workers(setting, device) and pinned memory on CUDA."""
     return {
         split: RunSplit(
-            ds, batch_size, gen if split == "train" else None, loader_workers(setting, ds), device.type == "cuda"
+            ds,
+            batch_size,
+            gen if split == "train" else None,
+            loader_workers(setting, ds, device),
+            device.type == "cuda",
         )
         for split, ds in datasets.items()
     }

@@ -106,20 +106,22 @@ def test_the_wait_for_batches_is_the_share_of_the_reads_spent_in_the_loader() ->
     assert fast.read_s >= 4 * 0.02 and fast.waited_s <= fast.read_s
 
 
-def test_loader_workers_default_to_the_cores_of_the_run_but_one(
+def test_loader_workers_default_on_cuda_to_the_cores_of_the_run_but_one_and_on_a_cpu_to_none(
     train_split: Dataset, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(bench.data.loader, "usable_cores", lambda: 16)
     for threads, workers in ((1, 0), (2, 1), (4, 3), (16, MAX_AUTO_WORKERS)):
         monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
-        assert loader_workers(None, train_split) == workers
-    assert loader_workers(3, train_split) == 3
+        assert loader_workers(None, train_split, cuda) == workers
+        assert loader_workers(None, train_split, cpu) == 0  # the run's threads hold the cores
+    assert loader_workers(3, train_split, cpu) == loader_workers(3, train_split, cuda) == 3
     tensors = TensorAVDataset(torch.zeros(2, 1, 4), torch.zeros(2, 1, 3, 2, 2), {})
-    assert loader_workers(None, tensors) == loader_workers(3, tensors) == 0  # in memory: nothing to read
-    splits = run_splits({"train": train_split, "val": train_split}, 4, torch.Generator(), 2, torch.device("cpu"))
+    assert loader_workers(None, tensors, cuda) == loader_workers(3, tensors, cuda) == 0  # in memory: nothing to read
+    splits = run_splits({"train": train_split, "val": train_split}, 4, torch.Generator(), 2, cpu)
     assert splits["train"].gen is not None and splits["val"].gen is None
     assert splits["train"].workers == 2 and not splits["train"].pin_memory
     monkeypatch.setattr(multiprocessing.current_process(), "daemon", True)  # a bench.workers process
-    assert loader_workers(None, train_split) == 0
+    assert loader_workers(None, train_split, cuda) == 0
     with pytest.raises(ConfigError, match=r"train.loader_workers=2: a run in a parallel worker process"):
-        loader_workers(2, train_split)
+        loader_workers(2, train_split, cuda)
