@@ -79,7 +79,8 @@ class AvmoeConfig:
     num_skip == 0 (AVE: 2); router_noise: std of the noise on the router logits while training
     (None: 0.01 on segmentation tasks, as the AVS code, else 0); balance_weight: weight of the
     load-balancing term (None: 0.01 on avs_ms3, as its train_v2.sh, else 0); temporal: the AVE
-    temporal attention over segments on classification tasks; tower_train_mode: the frozen towers
+    temporal attention over segments on classification tasks, unless the task's head runs it
+    (`ave.head=cmbs`); tower_train_mode: the frozen towers
     follow the model's train mode (drop path, HTS-AT's SpecAugment), as main_trans_v3.py's
     model.train() does."""
 
@@ -357,5 +358,6 @@ METHOD = MethodEntry(
     "AVMoE (Cheng et al., NeurIPS 2024): routers mixing cross-modal (latent-token) and unimodal adapter experts "
     "at paired blocks of separate frozen towers, temporal attention on classification.",
     towers=("audio", "visual"),
+    version=2,  # 2: no temporal attention of its own under a head that runs it (ave.head=cmbs)
     train_defaults={"lr": 1e-3},  # chosen on val with num_latent (bench/plans/reference.toml)
 )

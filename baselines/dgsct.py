@@ -84,7 +84,8 @@ class DgsctConfig:
     adapters' zero-init output gate (the official is_gate; the visual adapters always have one);
     layernorm_before / layernorm_post: LayerNorm before / after the bottleneck; pool: `spatial`
     (the last adapters' spatial maps, officially) or `mean` (the towers' own pooling); temporal:
-    the AVE temporal attention over segments on classification tasks; tower_train_mode: the frozen
+    the AVE temporal attention over segments on classification tasks, unless the task's head
+    runs it (DG-SCT's CMBS head: `ave.head=cmbs`); tower_train_mode: the frozen
     towers follow the model's train mode (drop path, HTS-AT's SpecAugment), as in the official
     main_trans.py, which calls model.train() on the whole model."""
 
@@ -320,7 +321,8 @@ class PairedTowersEncoder(AdaptedEncoder):
     def finish(self) -> None:
         """The temporal attention, the feature widths and the kept maps, once the adapters exist."""
         audio_bb, visual_bb, spec = self.audio_bb, self.visual_bb, self.spec
-        use_temporal = self.cfg.temporal and spec.kind == "classification"
+        # once per pipeline, as officially: a head that holds it (CMBS) runs it in place of the encoder
+        use_temporal = self.cfg.temporal and spec.kind == "classification" and not spec.head_attends_time
         self.temporal = TemporalAttention(audio_bb.out_dim, visual_bb.out_dim) if use_temporal else None
         self.audio_dim = TEMPORAL_WIDTH if use_temporal else audio_bb.out_dim
         self.visual_dim = TEMPORAL_WIDTH if use_temporal else visual_bb.out_dim
@@ -434,5 +436,6 @@ METHOD = MethodEntry(
     "DG-SCT (Duan et al., NeurIPS 2023): adapters guided by the other modality (latent tokens, channel and "
     "spatial attention) at paired blocks of separate frozen towers, temporal attention on classification.",
     towers=("audio", "visual"),
+    version=2,  # 2: no temporal attention of its own under a head that runs it (ave.head=cmbs)
     train_defaults={"lr": 1e-3},  # chosen on val with num_tokens (bench/plans/reference.toml)
 )

@@ -43,6 +43,7 @@ class TaskSpec:
     num_segments: int
     needs_maps: bool = False
     kind: str = "classification"  # classification | segmentation
+    head_attends_time: bool = False  # the head runs the AVE code's temporal attention itself (DG-SCT's CMBS head)
 
 
 class Towers:

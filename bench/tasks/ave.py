@@ -159,7 +159,7 @@ class AveTask(Task):
     real_fixes = {"segments": 10}  # AVE clips: ten 1 s segments
 
     def spec(self, cfg: AveConfig) -> TaskSpec:
-        return TaskSpec(self.name, cfg.segments)
+        return TaskSpec(self.name, cfg.segments, head_attends_time=cfg.head == "cmbs")
 
     def synthetic(self, cfg: AveConfig, shape: DataShape) -> dict[str, Dataset]:
         sizes = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}

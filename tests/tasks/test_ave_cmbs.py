@@ -13,9 +13,12 @@ import pytest
 import torch
 from tolerances import FLOAT64
 
+from baselines.dgsct import TemporalAttention
+from bench.build import build_model
 from bench.cli import main
 from bench.config import ConfigError, as_dict, build_section, parse_overrides
-from bench.plan import all_sections
+from bench.plan import RunPlan, all_sections, resolve
+from bench.presets import get_preset
 from bench.results import ResultsStore
 from bench.tasks.ave import BACKGROUND, NUM_EVENTS, TASK, AveConfig, AveHead
 from bench.tasks.heads.cmbs import CmbsHead, CmbsOutput, cmbs_loss, cmbs_segment_classes
@@ -267,3 +270,22 @@ def test_a_smoke_run_with_the_cmbs_head_completes_and_records_it(tmp_path: Path)
     (record,) = ResultsStore(tmp_path / "out").load().records
     assert record["status"] == "ok" and record["config"]["task"]["head"] == "cmbs"
     assert 0.0 <= record["metrics"]["accuracy"] <= 100.0
+
+
+@pytest.mark.parametrize("method", ["dgsct", "avmoe"])
+def test_dgsct_and_avmoe_run_the_temporal_attention_once_under_the_cmbs_head(method: str) -> None:
+    """The CMBS head holds the AVE code's temporal attention (officially: temporal_attn, then
+    CMBS), so the encoder leaves its own out; under the harness's head the encoder runs it."""
+    preset = get_preset("smoke")
+    counts = {}
+    for head in ("harness", "cmbs"):
+        (run,) = resolve(RunPlan([method], ["ave"], "smoke", overrides=[f"ave.head={head}"]))
+        model = build_model(run, preset, TASK).model
+        encoder_attention = [m for m in model.encoder.modules() if isinstance(m, TemporalAttention)]
+        counts[head] = len(encoder_attention)
+        if head == "cmbs":
+            towers = model.encoder.audio_bb, model.encoder.visual_bb
+            assert (model.head.audio_proj.in_features, model.head.visual_proj.in_features) == tuple(
+                t.out_dim for t in towers
+            )
+    assert counts == {"harness": 1, "cmbs": 0}
