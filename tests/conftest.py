@@ -14,6 +14,7 @@ import os
 import pytest
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: the suite also runs without it
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """`-n auto`: one worker per core this process may use (its affinity, capped by a
     container's CPU quota), not one per core the host has."""
