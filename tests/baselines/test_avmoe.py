@@ -277,10 +277,10 @@ def test_ms3_adds_the_official_load_balancing_term() -> None:
     assert len(seen) == 4 * len(enc.pairs)
     want = 0.01 * sum(-(w.mean(0).log().sum()) for w in seen)
     assert out.aux_loss is not None
-    # the same positive float32 terms -log(mean weight), summed in another order, each within a
-    # few roundings: gamma(n) of their sum (tests/tolerances.py)
-    terms = sum(w.shape[-1] for w in seen)
-    torch.testing.assert_close(out.aux_loss, want, rtol=gamma(terms + 8), atol=0)
+    # each adapter's term is the same float32 ops on the same weights here and in the encoder, so
+    # only the order of the sum over the k adapters may differ: two sums of the same k positive
+    # numbers, each within gamma(k - 1) of the exact sum, then the same scaling by 0.01
+    torch.testing.assert_close(out.aux_loss, want, rtol=2 * gamma(len(seen)), atol=0)
     assert out.aux_loss.requires_grad
     for spec in (SEG, CLS):  # S4 and classification: no term
         assert AvmoeEncoder(towers.audio, towers.visual, spec, AvmoeConfig())(*av_batch("smoke")).aux_loss is None
