@@ -9,9 +9,6 @@ mid-trial stops its heartbeat, and the next worker to look fails that trial and 
 from __future__ import annotations
 
 import math
-import os
-import runpy
-import sys
 import time
 import tomllib
 import warnings
@@ -22,7 +19,6 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 import optuna
-import torch
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import BaseHeartbeat
@@ -34,6 +30,7 @@ from bench.checkpoint import RunInterrupted
 from bench.config import ConfigError, parse_value
 from bench.device import threads_per_worker
 from bench.forkserver import context as forkserver_context
+from bench.forkserver import same_command
 from bench.plan import RunPlan, all_sections
 from bench.registry import get_task
 from bench.runner import execute
@@ -299,11 +296,3 @@ def spawn_workers(argv: list[str], workers: int) -> int:
     for proc in procs:
         proc.join()
     return max(proc.exitcode or 0 for proc in procs)  # joined: each has one
-
-
-def same_command(argv: list[str], threads: int) -> None:
-    """`python -m bench <argv>`, run in this forked process; its exit code is the process's."""
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(threads)
-    sys.argv = ["bench", *argv]
-    runpy.run_module("bench", run_name="__main__", alter_sys=True)

@@ -2,7 +2,7 @@
 
 It is forked from bench's forkserver, as bench forks its own workers: torch and timm are imported
 once per test process, where a fresh interpreter would import them again for each command
-(5-7 CPU-s). The command runs as `python -m bench` runs it (bench.sweep.same_command), with its
+(5-7 CPU-s). The command runs as `python -m bench` runs it (bench.forkserver.same_command), with its
 stdout discarded and its stderr in a file.
 """
 
@@ -14,8 +14,7 @@ import subprocess
 from pathlib import Path
 
 from bench.device import usable_cores
-from bench.forkserver import context
-from bench.sweep import same_command
+from bench.forkserver import context, same_command
 
 
 class BenchProcess:

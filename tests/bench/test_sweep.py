@@ -24,9 +24,10 @@ from optuna.trial import TrialState
 from bench.cli import build_parser, main, sweep_spec
 from bench.device import threads_per_worker
 from bench.forkserver import context as forkserver_context
+from bench.forkserver import same_command
 from bench.plan import RunPlan, resolve
 from bench.results import ResultsStore
-from bench.sweep import SweepSpec, load_study_file, make_storage, same_command
+from bench.sweep import SweepSpec, load_study_file, make_storage
 
 STUDIES = sorted((Path(__file__).parents[2] / "bench" / "studies").glob("*.toml"))
 
