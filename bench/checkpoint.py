@@ -1,15 +1,17 @@
 """Resuming a run: its checkpoint, and stopping it cleanly on SIGTERM or SIGINT.
 
 A run's checkpoint (OUT/checkpoints/<run key>/checkpoint.pt) holds what training changes:
-trainable parameters and buffers, optimiser and scheduler state, the torch, CUDA and
-shuffling generators, the step and epoch, the best state, the val history and the step
-budget; the frozen towers are rebuilt from their weight sources, never saved. It is written
-atomically at every epoch end, so a run killed outright (`kill -9`) resumes from its last
-epoch end, and at the next optimizer step after SIGTERM (what a batch scheduler sends before
-preemption) or SIGINT, so a run stopped that way loses nothing. A stop mid-epoch saves the
-shuffling generator as it was at the epoch's start and the batches done since: the resumed
-run draws the same order and skips those batches, so it ends exactly as an uninterrupted
-run would (on CPU, bit for bit). The runner removes a checkpoint once its run has a record.
+trainable parameters and buffers, optimiser and scheduler state, the torch, CUDA and shuffling
+generators, the step and epoch, the best state, the val history and the step budget; the frozen
+towers are rebuilt from their weight sources, never saved. It is written atomically at every
+epoch end; within an epoch at the first optimizer step MIN_INTERVAL_S (60 s) after the last
+save, or later where one save costs more than SAVE_SHARE of that, so a run killed outright
+(`kill -9`, the OOM killer, a lost node) loses about a minute of training however long its
+epochs are; and at the next optimizer step after SIGTERM (what a batch scheduler sends before
+preemption) or SIGINT, so a run stopped that way loses nothing. A save mid-epoch holds the
+shuffling generator as it was at the epoch's start and the batches done since: the resumed run
+draws the same order and skips those batches, so it ends exactly as an uninterrupted run would
+(on CPU, bit for bit). The runner removes a checkpoint once its run has a record.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pickle
 import shutil
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +42,8 @@ from bench.config import ResolvedRun
 from bench.step_budget import StepBudget
 
 FILE = "checkpoint.pt"
+MIN_INTERVAL_S = 60.0  # training a run killed outright loses at most about this much (mid-epoch saves)
+SAVE_SHARE = 0.05  # ... unless saving that often would cost more than this share of the training time
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -151,11 +156,24 @@ class RunCheckpoint:
     def __init__(self, folder: Path, fingerprint: str) -> None:
         self.folder, self.fingerprint = folder, fingerprint
         self.path = folder / FILE
+        self._saved_at = time.monotonic()  # the run's training starts about now
+        self._save_cost = 0.0  # seconds the last save took
 
     def exists(self) -> bool:
         return self.path.is_file()
 
+    def due(self) -> bool:
+        """Whether a save within an epoch is due: MIN_INTERVAL_S since the last save, or, where
+        one save costs more than SAVE_SHARE of that, the interval that keeps saves at that share."""
+        return time.monotonic() - self._saved_at >= max(MIN_INTERVAL_S, self._save_cost / SAVE_SHARE)
+
     def save(self, state: dict[str, Any]) -> None:
+        start = time.monotonic()
+        self._write(state)
+        self._saved_at = time.monotonic()
+        self._save_cost = self._saved_at - start
+
+    def _write(self, state: dict[str, Any]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = self.folder / f".{FILE}.tmp{os.getpid()}"
         try:

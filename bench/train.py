@@ -116,8 +116,9 @@ def train_run(
     keep the state with the best one, report test metrics with it, then measure efficiency on
     one training batch, alone on the machine (`gate`) when other runs share it.
 
-    With a `checkpoint` (bench.checkpoint), training is saved at every epoch end and, on
-    SIGTERM or SIGINT, at the next optimizer step, then RunInterrupted is raised; a run that
+    With a `checkpoint` (bench.checkpoint), training is saved at every epoch end, within an
+    epoch when the checkpoint says a save is due, and, on SIGTERM or SIGINT, at the next
+    optimizer step, then RunInterrupted is raised; a run that
     finds its checkpoint continues from it and ends as it would have uninterrupted. An
     `observer` (bench.tracking) gets each batch's loss, still on the device, with the
     learning rates, and each epoch's val selection metric."""
@@ -180,9 +181,12 @@ def train_run(
                         torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
                     optimizer.step()
                     scheduler.step()
-                    if i + 1 < batches and stop.asked(device):  # at an epoch's end, it is saved after val
-                        save(epoch_start)
-                        raise RunInterrupted(stop.signum or signal.SIGTERM)
+                    if i + 1 < batches:  # at an epoch's end, it is saved after val
+                        if stop.asked(device):
+                            save(epoch_start)
+                            raise RunInterrupted(stop.signum or signal.SIGTERM)
+                        if checkpoint is not None and checkpoint.due():
+                            save(epoch_start)
                 if state.step == budget.steps:
                     break
             if not torch.isfinite(loss):

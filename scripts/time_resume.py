@@ -3,7 +3,8 @@
 Runs `python -m bench run <ARGS> --out A` to the end and times it (T); starts the same command
 into `B`, sends SIGKILL to it (and its process group) at `--at` x T, reruns it into `B` to the
 end and times the rerun (R). The rerun resumes from the run's last checkpoint (written at each
-epoch end under B/checkpoints/<run key>/), so it redoes only the epochs after it. Prints T, R,
+epoch end and a minute into an epoch, under B/checkpoints/<run key>/), so it redoes only the
+training after it. Prints T, R,
 R / T and whether each record of B equals A's (metrics, val history, best epoch), and writes
 them as JSON to `--report`. A timing, not a test: the figures depend on the machine and on what
 else runs on it.

@@ -1,5 +1,5 @@
 """Resuming a run within itself (bench.checkpoint): a run stopped by SIGTERM mid-epoch, or killed
-outright after an epoch end, resumes to exactly the record of an uninterrupted run, on the same
+outright after an epoch end or a save within one, resumes to exactly the record of an uninterrupted run, on the same
 learning-rate schedule; the checkpoint holds no tower weight, is written atomically, is never
 taken from another configuration, and is removed once the record is written unless kept."""
 
@@ -17,6 +17,7 @@ from commands import BenchProcess
 from rich.console import Console
 from torch.utils.data import Dataset
 
+import bench.checkpoint
 import bench.jobs
 import bench.sweep
 import bench.train
@@ -132,6 +133,46 @@ def test_a_run_killed_outright_resumes_from_its_last_epoch_end_exactly(uninterru
     got, after = train(lora_run(), checkpoint)
     same_run(got, checkpoint.load(), want, want_final)
     assert before[:2] + after == want_rates
+
+
+def test_a_run_killed_outright_resumes_from_its_last_save_within_the_epoch_exactly(uninterrupted, tmp_path) -> None:
+    """With a save due at every optimizer step, a kill after batch 7 finds the save of epoch 1's
+    first optimizer step (batch 6), not epoch 0's end (batch 4): the rerun redoes one batch and
+    ends with the uninterrupted run's record, state and rates."""
+    want, want_rates, want_final = uninterrupted
+    checkpoint = RunCheckpoint(tmp_path, "fingerprint")
+    checkpoint.due = lambda: True  # type: ignore[method-assign]
+    killed, before = train(lora_run(), checkpoint, stop_at=(7, "kill"))
+    assert killed is None and len(before) == 3
+    saved = checkpoint.load()
+    assert saved is not None and (saved["train"]["step"], saved["train"]["epoch"]) == (6, 1)
+    got, after = train(lora_run(), checkpoint)
+    same_run(got, checkpoint.load(), want, want_final)
+    assert before + after == want_rates
+
+
+def test_a_save_within_an_epoch_is_due_after_the_interval_or_twenty_times_the_last_save(tmp_path, monkeypatch) -> None:
+    """Due 60 s after the last save; after a save that took 4 s, 80 s after it (saves stay
+    within 5 % of the training time)."""
+    now = [1000.0]
+    monkeypatch.setattr(bench.checkpoint.time, "monotonic", lambda: now[0])
+    checkpoint = RunCheckpoint(tmp_path, "fingerprint")
+    now[0] += 59.9
+    assert not checkpoint.due()
+    now[0] += 0.1
+    assert checkpoint.due()
+    slow_write = checkpoint._write
+
+    def write_in_4_s(state: dict) -> None:
+        slow_write(state)
+        now[0] += 4.0
+
+    monkeypatch.setattr(checkpoint, "_write", write_in_4_s)
+    checkpoint.save({"epoch": 0})
+    now[0] += 79.9
+    assert not checkpoint.due()
+    now[0] += 0.1
+    assert checkpoint.due()
 
 
 def test_a_checkpoint_holds_the_trainable_parameters_and_buffers_only(tmp_path) -> None:
